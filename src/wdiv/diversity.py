@@ -1,0 +1,261 @@
+"""How diverse is a training set, and how far is it from the real data?
+
+The study's diversity metric (Friedman & Dieng's Vendi score) and its fidelity discount:
+
+* ``vendi_score(X)``: exp of the Shannon entropy of the eigenvalues of ``K / n``, where ``K`` is
+  the cosine-similarity kernel of the rows of ``X``. It counts "effective distinct rows":
+  n copies of one row score 1, n orthogonal rows score n.
+* pixel VS: rows are images resized to ``pixel_size`` x ``pixel_size`` and flattened ([0, 1]).
+* embedding VS: rows are features of an encoder: the pre-logits of the pretrained model the run
+  starts from, or a named timm encoder (``diversity.encoder``).
+* fidelity ``rho = <E_real, E_mod>_F / (||E_real||_F ||E_mod||_F)`` between row-aligned
+  embedding matrices of the real rows and their modified versions (augmented draws, or the
+  synthetic images standing in for them), and ``weighted_vs = vendi_embed * rho``.
+
+How rows are aligned: row i of the training set stands for ``train.real_index[i]`` of the real
+set (identity when the training set has no such attribute and is as long as the real one). A
+synthetic image replacing a real one (``replace``) stands for that image; an appended synthetic
+image (``add``/``filtered``) stands for a real image of the same class, chosen by seed. Rho is
+taken over ``train.fidelity_rows`` (all rows by default; only the appended rows for ``add``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+"""Maps a float batch [B, C, H, W] of [0, 1] pixels to features [B, D]."""
+
+DEFAULTS: dict[str, Any] = {
+    "sample_size": 500,  # training rows measured; bounds the cost on big sets
+    "draws": 2,  # augmented draws per sampled row (1 when the arm has no augmentation)
+    "pixel_size": 32,  # images are resized to this square before the pixel VS
+    "batch_size": 256,
+    "encoder": None,  # None: the run's starting model; else a timm model name
+    "encoder_pretrained": True,  # for a named timm encoder (needs its weights cached or a hub)
+}
+
+
+def vendi_score(X: np.ndarray | torch.Tensor) -> float:
+    """Vendi score of the rows of ``X`` under the cosine kernel.
+
+    The nonzero eigenvalues of ``K / n = Xn Xn^T / n`` equal those of ``Xn^T Xn / n`` (d x d), so
+    the smaller of the two Gram matrices is decomposed. Rows must have nonzero norm.
+    """
+    X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ValueError(f"vendi_score: need a non-empty 2-D matrix, got shape {X.shape}")
+    norms = np.linalg.norm(X, axis=1)
+    if not np.all(norms > 0):
+        raise ValueError(
+            f"vendi_score: {int(np.sum(norms == 0))} rows have zero norm (cosine undefined)"
+        )
+    Xn = X / norms[:, None]
+    n, d = Xn.shape
+    gram = Xn @ Xn.T if n <= d else Xn.T @ Xn
+    return float(np.exp(_entropy(np.linalg.eigvalsh(gram / n))))
+
+
+def _entropy(eigenvalues: np.ndarray) -> float:
+    """Shannon entropy of a spectrum read as a distribution (tiny negatives clipped, 0 log 0 = 0)."""
+    p = np.clip(eigenvalues, 0.0, None)
+    p = p / p.sum()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def fidelity(real: np.ndarray | torch.Tensor, modified: np.ndarray | torch.Tensor) -> float:
+    """Normalised Frobenius inner product of two row-aligned matrices (1 when identical)."""
+    a = np.asarray(real, dtype=np.float64)
+    b = np.asarray(modified, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"fidelity: row-aligned matrices must match, got {a.shape} vs {b.shape}")
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    if denom == 0:
+        raise ValueError("fidelity: a matrix is all zeros")
+    return float(np.sum(a * b) / denom)
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] or float [0, 1] images -> float32 [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+def pixel_features(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """[N, C, H, W] images -> [N, C*size*size] rows of [0, 1] pixels (antialiased resize)."""
+    x = to_unit_float(images)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return x.flatten(1)
+
+
+def pixel_vendi(images: torch.Tensor, size: int = 32) -> float:
+    """Vendi score of images as resized, flattened pixel vectors."""
+    return vendi_score(pixel_features(images, size))
+
+
+def pre_logits_encoder(
+    model: torch.nn.Module,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Encoder:
+    """Encoder from a classifier: normalise, then take the features the head would see.
+
+    timm models expose ``forward_features`` + ``forward_head(pre_logits=True)``; any other module
+    is used as is. ``mean``/``std`` default to the model's timm ``pretrained_cfg``.
+    """
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    mean_t = torch.tensor(mean if mean is not None else pcfg.get("mean", (0.0, 0.0, 0.0)))
+    std_t = torch.tensor(std if std is not None else pcfg.get("std", (1.0, 1.0, 1.0)))
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        x = (x - mean_t.view(1, -1, 1, 1).to(x)) / std_t.view(1, -1, 1, 1).to(x)
+        if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
+            return model.forward_head(model.forward_features(x), pre_logits=True)
+        return model(x)
+
+    encode.module = model  # type: ignore[attr-defined]
+    return encode
+
+
+def timm_encoder(name: str, pretrained: bool = True) -> Encoder:
+    """A named timm model as a pre-logits encoder, normalised as its pretrained config says."""
+    import timm
+
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0).eval()
+    return pre_logits_encoder(model)
+
+
+def _as_encoder(encoder: Any, cfg: Mapping[str, Any]) -> Encoder | None:
+    if cfg.get("encoder"):
+        return timm_encoder(str(cfg["encoder"]), bool(cfg.get("encoder_pretrained", True)))
+    if encoder is None:
+        return None
+    if isinstance(encoder, torch.nn.Module):
+        return pre_logits_encoder(encoder)
+    if callable(encoder):
+        return encoder
+    raise TypeError(f"diversity: encoder must be an nn.Module or a callable, got {type(encoder)}")
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Features of ``images`` in eval mode (the module's train/eval mode is restored after)."""
+    module = getattr(encoder, "module", encoder)
+    was_training = getattr(module, "training", False)
+    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
+    if isinstance(module, torch.nn.Module):
+        module.eval()
+    try:
+        out = [
+            encoder(to_unit_float(images[i : i + batch_size]).to(device)).float().cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+    finally:
+        if isinstance(module, torch.nn.Module):
+            module.train(was_training)
+    return torch.cat(out).flatten(1)
+
+
+def _stack(dataset: Any, indices: np.ndarray) -> torch.Tensor:
+    return torch.stack([dataset[int(i)][0] for i in indices])
+
+
+def _apply(transform: Callable | None, images: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
+    """One seeded augmented draw, without disturbing the caller's global RNG streams."""
+    if transform is None:
+        return images
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1000 + draw)
+        out = [transform(img) for img in images]
+    sizes = {tuple(o.shape[-2:]) for o in out}
+    if len(sizes) > 1:  # e.g. random-resized crops of different sizes
+        h, w = images.shape[-2:]
+        out = [F.interpolate(to_unit_float(o)[None], size=(h, w), mode="bilinear")[0] for o in out]
+    return torch.stack([to_unit_float(o) for o in out])
+
+
+def measure_training_set(
+    *,
+    real: Any,
+    train: Any,
+    transform: Callable | None,
+    encoder: Any,
+    cfg: Mapping[str, Any] | None,
+    seed: int,
+) -> dict[str, float | int | None]:
+    """Diversity of what the model is trained on: ``{vendi_pixel, vendi_embed, rho, weighted_vs, n}``.
+
+    ``real``/``train`` yield ``(uint8 [C, H, W], label)``: the real training split and the set
+    actually trained on (after synthetic mixing). ``transform`` is the train-time augmentation
+    (uint8 image -> uint8 or [0, 1] float image, before normalisation) or None; it is applied
+    ``draws`` times with seeds derived from ``seed``. ``encoder`` is the starting model (an
+    ``nn.Module``, normalised by its timm ``pretrained_cfg``), a callable from
+    :data:`Encoder`, or None (then only ``vendi_pixel`` is filled). ``n`` counts the measured rows.
+    """
+    opts = {**DEFAULTS, **dict(cfg or {})}
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    n_train = len(train)
+    vs_rows = np.sort(rng.choice(n_train, size=min(int(opts["sample_size"]), n_train), replace=False))
+    real_index = np.asarray(getattr(train, "real_index", np.arange(n_train)))
+    if len(real_index) != n_train or (real_index.max(initial=0) >= len(real)):
+        raise ValueError("diversity: train has no real_index aligning its rows with the real set")
+    fid_mask = np.asarray(getattr(train, "fidelity_rows", np.ones(n_train, dtype=bool)), dtype=bool)
+    if fid_mask.all():
+        rho_rows = vs_rows
+    else:
+        candidates = np.flatnonzero(fid_mask)
+        k = min(int(opts["sample_size"]), len(candidates))
+        rho_rows = np.sort(rng.choice(candidates, size=k, replace=False))
+
+    draws = int(opts["draws"]) if transform is not None else 1
+    rows = np.union1d(vs_rows, rho_rows)
+    raw = _stack(train, rows)
+    modified = [_apply(transform, raw, seed, d) for d in range(draws)]
+    where_vs = np.searchsorted(rows, vs_rows)
+    where_rho = np.searchsorted(rows, rho_rows)
+
+    vs_images = torch.cat([m[where_vs] for m in modified])
+    result: dict[str, float | int | None] = {
+        "vendi_pixel": pixel_vendi(vs_images, int(opts["pixel_size"])),
+        "vendi_embed": None,
+        "rho": None,
+        "weighted_vs": None,
+        "n": int(len(vs_images)),
+    }
+    enc = _as_encoder(encoder, opts)
+    if enc is not None:
+        bs = int(opts["batch_size"])
+        emb = [embed(enc, m, bs) for m in modified]
+        result["vendi_embed"] = vendi_score(torch.cat([e[where_vs] for e in emb]))
+        if len(rho_rows):
+            real_emb = embed(enc, _stack(real, real_index[rho_rows]), bs)
+            mod_emb = torch.cat([e[where_rho] for e in emb])
+            result["rho"] = fidelity(real_emb.repeat(draws, 1), mod_emb)
+            result["weighted_vs"] = result["vendi_embed"] * result["rho"]
+    log.info(
+        "diversity: vendi_pixel=%.2f vendi_embed=%s rho=%s on %d rows (%.2fs)",
+        result["vendi_pixel"],
+        _fmt(result["vendi_embed"]),
+        _fmt(result["rho"]),
+        result["n"],
+        time.perf_counter() - start,
+    )
+    return result
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
