@@ -1,0 +1,215 @@
+"""`analyze(weights, **options) -> DataFrame`: the per-layer loop of the spectral engine.
+
+stream tensor -> (rf, N, M) matrices -> float64 eigenvalues (same-shape layers batched in one
+eigensolver call) -> WeightWatcher-named metrics (wdiv.spectral.metrics), plus optional
+randomised ESD and FARMS alpha. A layer that cannot be analysed (NaN/Inf weights, a failed
+fit) becomes a row with status=failed; the other layers are still analysed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .esd import eigvals_fn, gram_eigenvalues, pooled
+from .options import AnalyzeOptions
+from .weights import LayerSpec, WeightSource, open_weights, select_layers, to_matrices
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ["layer_id", "name", "longname", "N", "M", "Q", "rf", "num_evals"]
+# Columns that describe the layer, not its spectrum: never turned into deltas.
+NOT_METRICS = set(ID_COLUMNS) | {"slice_id"}
+
+
+@dataclass
+class LayerResult:
+    """One analysed layer (or conv slice): its table row and the spectra behind it (for plots)."""
+
+    row: dict
+    evals: np.ndarray | None
+    rand_evals: np.ndarray | None = None
+
+
+def analyze(weights, *, progress: bool = False, **options) -> pd.DataFrame:
+    """Analyse every WeightWatcher-selected layer of `weights` (path, state dict or nn.Module).
+
+    Options are those of `AnalyzeOptions` (fit, xmax, fix_fingers, mp_fit, randomize, seed,
+    farms, farms_window..., pool, include, exclude, min_evals, max_evals, max_N, device).
+    Returns one row per layer (per slice with pool=False), ordered by layer_id.
+    """
+    opts = AnalyzeOptions.from_kwargs(**options)
+    with open_weights(weights) as source:
+        rows = [r.row for r in iter_layer_results(source, opts, progress=progress)]
+    return results_frame(rows)
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(rows)
+    if df.empty:
+        return pd.DataFrame(columns=ID_COLUMNS + ["status"])
+    sort_cols = ["layer_id"] + (["slice_id"] if "slice_id" in df else [])
+    return df.sort_values(sort_cols, kind="stable").reset_index(drop=True)
+
+
+def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: bool = False,
+                       desc: str | None = None) -> Iterator[LayerResult]:
+    """Yield LayerResults, layers of equal matrix shape decomposed together in batches."""
+    specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
+                          max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
+    bar = tqdm(total=len(specs), desc=desc or source.label, unit="layer", disable=not progress, leave=False)
+    try:
+        for batch in _shape_batches(specs, opts.batch_bytes):
+            mats = {}
+            results = []
+            for spec in batch:
+                tensor = source.tensor(spec.key)
+                if not bool(torch.isfinite(tensor).all()):
+                    results.extend(_failed_rows(spec, opts, "weights contain NaN or Inf"))
+                    continue
+                mats[spec.key] = to_matrices(spec, tensor)
+            evals = _batched_evals(list(mats.values()), opts.device)
+            for spec, ev in zip([s for s in batch if s.key in mats], evals):
+                results.extend(_analyse_layer(spec, mats[spec.key], ev, opts))
+            yield from results
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+
+def _shape_batches(specs: list[LayerSpec], batch_bytes: int) -> Iterator[list[LayerSpec]]:
+    """Group layers by matrix shape; cap each group's float64 footprint at batch_bytes."""
+    groups: dict[tuple[int, int], list[LayerSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.matrix_shape, []).append(spec)
+    for (n, m), group in groups.items():
+        batch, size = [], 0
+        for spec in group:
+            nbytes = 8 * n * m * spec.rf
+            if batch and size + nbytes > batch_bytes:
+                yield batch
+                batch, size = [], 0
+            batch.append(spec)
+            size += nbytes
+        if batch:
+            yield batch
+
+
+def _batched_evals(stacks: list[torch.Tensor], device: str) -> list[np.ndarray]:
+    """Several (rf_i, N, M) stacks of one shape -> their (rf_i, M) eigenvalues, one solver call."""
+    if not stacks:
+        return []
+    evals = gram_eigenvalues(torch.cat(stacks) if len(stacks) > 1 else stacks[0], device=device)
+    sizes = [s.shape[0] for s in stacks]
+    return list(np.split(evals, np.cumsum(sizes)[:-1]))
+
+
+def conv2d_scale(spec: LayerSpec, pool: bool) -> float:
+    """WeightWatcher's conv2d_norm on eigenvalues: W * sqrt(count/2), count = 1 pooled, rf per slice."""
+    if spec.kind != "conv2d":
+        return 1.0
+    return (1.0 if pool else spec.rf) / 2.0
+
+
+def _base_row(spec: LayerSpec, num_evals: int, slice_id: int | None) -> dict:
+    n, m = spec.matrix_shape
+    row = {"layer_id": spec.layer_id, "name": spec.name, "longname": spec.longname,
+           "N": n, "M": m, "Q": n / m, "rf": spec.rf, "num_evals": num_evals}
+    if slice_id is not None:
+        row["slice_id"] = slice_id
+    return row
+
+
+def _failed_rows(spec: LayerSpec, opts: AnalyzeOptions, why: str) -> list[LayerResult]:
+    log.warning("%s: layer failed: %s", spec.longname, why)
+    slices = [None] if opts.pool else list(range(spec.rf))
+    m = spec.matrix_shape[1]
+    return [LayerResult({**_base_row(spec, m * (spec.rf if opts.pool else 1), s),
+                         "status": "failed", "warning": why}, None) for s in slices]
+
+
+def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
+                   opts: AnalyzeOptions) -> list[LayerResult]:
+    scale = conv2d_scale(spec, opts.pool)
+    if opts.pool:
+        parts = [(None, mats, pooled(evals) * scale)]
+    else:
+        parts = [(i if spec.kind == "conv2d" else None, mats[i:i + 1], evals[i] * scale) for i in range(mats.shape[0])]
+    out = []
+    for slice_id, w, ev in parts:
+        rand_evals = _random_evals(spec, w, scale, opts, slice_id) if opts.randomize else None
+        row = _base_row(spec, len(ev), slice_id if not opts.pool else None)
+        if not opts.pool and "slice_id" not in row:
+            row["slice_id"] = 0
+        row.update(_metrics(ev, spec, opts, rand_evals))
+        if opts.farms:
+            row["alpha_farms"] = _farms_alpha(w, scale, spec, opts, slice_id)
+        out.append(LayerResult(row, ev, rand_evals))
+    return out
+
+
+def _metrics(ev: np.ndarray, spec: LayerSpec, opts: AnalyzeOptions, rand_evals) -> dict:
+    from . import metrics  # the numerics' module; imported late so weights/esd work alone
+
+    n, m = spec.matrix_shape
+    try:
+        return metrics.layer_metrics(ev, N=n, M=m, rf=spec.rf, fit=opts.fit,
+                                     xmax=opts.xmax, fix_fingers=opts.fix_fingers, mp_fit=opts.mp_fit,
+                                     rand_evals=rand_evals)
+    except Exception as exc:  # one bad layer never sinks the checkpoint
+        log.warning("%s: metrics failed: %s", spec.longname, exc)
+        return {"status": "failed", "warning": f"metrics failed: {exc}"}
+
+
+def _layer_generator(spec: LayerSpec, opts: AnalyzeOptions, slice_id: int | None, salt: int) -> torch.Generator:
+    # Seeded per (seed, layer, slice, purpose): results do not depend on layer order or --jobs.
+    g = torch.Generator()
+    g.manual_seed(hash((opts.seed, spec.layer_id, -1 if slice_id is None else slice_id, salt)) & ((1 << 63) - 1))
+    return g
+
+
+def _random_evals(spec: LayerSpec, w: torch.Tensor, scale: float, opts: AnalyzeOptions,
+                  slice_id: int | None) -> np.ndarray:
+    """ESD of W with its elements permuted (each slice on its own), seeded."""
+    g = _layer_generator(spec, opts, slice_id, salt=1)
+    flat = w.reshape(w.shape[0], -1)
+    perm = torch.stack([torch.randperm(flat.shape[1], generator=g) for _ in range(flat.shape[0])])
+    shuffled = torch.gather(flat, 1, perm).reshape(w.shape)
+    return pooled(gram_eigenvalues(shuffled, device=opts.device)) * scale
+
+
+def _farms_alpha(w: torch.Tensor, scale: float, spec: LayerSpec, opts: AnalyzeOptions,
+                 slice_id: int | None) -> float:
+    from . import farms, powerlaw
+
+    try:
+        seed = int(_layer_generator(spec, opts, slice_id, salt=2).initial_seed() % (1 << 31))
+        ev = np.concatenate([np.asarray(farms.farms_evals(w[i].numpy(), eigvals=eigvals_fn(opts.device),
+                                                          seed=seed, **opts.farms_options.kwargs()))
+                             for i in range(w.shape[0])])
+        fit = powerlaw.fit_power_law(np.sort(ev) * scale, method=opts.fit)
+        alpha = fit["alpha"] if isinstance(fit, dict) else getattr(fit, "alpha")
+        return float(alpha) if alpha is not None else math.nan
+    except Exception as exc:
+        log.warning("%s: FARMS failed: %s", spec.longname, exc)
+        return math.nan
+
+
+def add_deltas(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
+    """Add delta_<metric> = fine-tuned minus reference for numeric metrics, matched on longname."""
+    keys = ["longname"] + (["slice_id"] if "slice_id" in df and "slice_id" in base else [])
+    metrics_cols = [c for c in df.columns if c in base.columns and c not in NOT_METRICS
+                    and pd.api.types.is_numeric_dtype(df[c]) and pd.api.types.is_numeric_dtype(base[c])]
+    ref = base[keys + metrics_cols].drop_duplicates(keys).set_index(keys)
+    joined = df.join(ref, on=keys, rsuffix="__base")
+    out = df.copy()
+    for c in metrics_cols:
+        out[f"delta_{c}"] = joined[c] - joined[f"{c}__base"]
+    return out

@@ -1,0 +1,333 @@
+"""Weights in, named weight matrices out: streamed, one tensor at a time.
+
+A *source* (`open_weights`) lists the state-dict keys with their shapes without reading
+any data, and hands out one tensor at a time; safetensors files are memory mapped, so peak
+memory is bounded by the largest tensor, not by the model.
+
+Layer selection (`select_layers`) follows WeightWatcher 0.7.7 for PyTorch models:
+2-D weights (Linear, Embedding) and 4-D conv kernels; conv kernels are cut per kernel
+position into N x M slices (N >= M), slices pooled into one ESD by default; filters
+min_evals / max_evals (on M*rf pooled, on M per slice) and max_N.
+
+Rules that differ because a state dict carries no module types (tested in tests/test_weights.py):
+- From a file or a state dict, every floating ``*.weight`` of rank 2 is a dense layer and of
+  rank 4 a conv2d layer; WeightWatcher, given a module, keeps a 2-D weight only when the module's
+  class name says linear / conv1d / embedding. Given an ``nn.Module``, wdiv applies that module
+  rule too.
+- Rank-3 weights (Conv1d kernels, Bilinear) are skipped; WeightWatcher feeds them to an SVD
+  as a stack, which is not a meaningful single ESD.
+- ``layer_id`` is the ordinal of the weight among all ``*.weight`` keys in natural key order
+  (``blocks.2`` before ``blocks.10``), so a model and its saved file get the same ids
+  (safetensors files do not keep the model's key order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping
+
+import torch
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIX = ".weight"
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+class WeightsError(RuntimeError):
+    """A weights file or directory that cannot be read; the message names the file."""
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One analysable weight: where it is and how it is cut into matrices (no data)."""
+
+    key: str
+    longname: str
+    name: str
+    layer_id: int
+    kind: str  # "dense" | "conv2d"
+    shape: tuple[int, ...]
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """(N, M) of each matrix, N >= M."""
+        a, b = _slice_dims(self.shape) if self.kind == "conv2d" else self.shape
+        return (max(a, b), min(a, b))
+
+    @property
+    def rf(self) -> int:
+        """Receptive field: number of slices of a conv kernel (1 for dense)."""
+        return _num_slices(self.shape) if self.kind == "conv2d" else 1
+
+
+def _kernel_dims_are_matrix(shape: tuple[int, ...]) -> bool:
+    # WeightWatcher's channel detection: slices are (out, in) unless the kernel dims dominate.
+    out_c, in_c, kh, kw = shape
+    return out_c + in_c < kh + kw
+
+
+def _slice_dims(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (shape[2], shape[3]) if _kernel_dims_are_matrix(shape) else (shape[0], shape[1])
+
+
+def _num_slices(shape: tuple[int, ...]) -> int:
+    return shape[0] * shape[1] if _kernel_dims_are_matrix(shape) else shape[2] * shape[3]
+
+
+def to_matrices(spec: LayerSpec, tensor: torch.Tensor) -> torch.Tensor:
+    """Tensor -> (rf, N, M) stack of matrices with N >= M (a view when possible)."""
+    t = tensor.detach()
+    if spec.kind == "dense":
+        mats = t.unsqueeze(0)
+    elif _kernel_dims_are_matrix(spec.shape):
+        mats = t.reshape(-1, t.shape[2], t.shape[3])
+    else:
+        mats = t.permute(2, 3, 0, 1).reshape(-1, t.shape[0], t.shape[1])
+    if mats.shape[1] < mats.shape[2]:
+        mats = mats.transpose(1, 2)
+    return mats
+
+
+# ---------------------------------------------------------------- sources
+
+
+class WeightSource:
+    """Ordered keys with shapes, and one tensor at a time on demand."""
+
+    def __init__(self, label: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, bool],
+                 getter: Callable[[str], torch.Tensor], module_kinds: dict[str, str] | None = None,
+                 close: Callable[[], None] | None = None):
+        self.label = label
+        self.shapes = shapes
+        self._is_float = dtypes
+        self._get = getter
+        self.module_kinds = module_kinds  # key -> "dense"|"conv2d"|None (nn.Module inputs only)
+        self._close = close
+
+    def keys(self) -> list[str]:
+        return sorted(self.shapes, key=natural_key)
+
+    def is_float(self, key: str) -> bool:
+        return self._is_float[key]
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._get(key)
+        except Exception as exc:  # truncated data, I/O errors
+            raise WeightsError(f"{self.label}: cannot read tensor {key!r}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def natural_key(key: str) -> list:
+    """Sort key that orders 'blocks.2' before 'blocks.10'."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def open_weights(weights) -> WeightSource:
+    """Path (file or checkpoint dir), state dict or nn.Module -> WeightSource."""
+    if isinstance(weights, torch.nn.Module):
+        return _module_source(weights)
+    if isinstance(weights, Mapping):
+        return _dict_source(dict(weights), "<state dict>")
+    path = Path(weights)
+    if path.is_dir():
+        index = sorted(path.glob("*.safetensors.index.json"))
+        if index:
+            return _sharded_source(index[0])
+        single = path / "model.safetensors"
+        if single.is_file():
+            return _safetensors_source(single)
+        raise WeightsError(f"{path}: no weights found (expected model.safetensors or a *.safetensors.index.json)")
+    if not path.exists():
+        raise WeightsError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: empty file")
+    if path.name.endswith(".safetensors.index.json"):
+        return _sharded_source(path)
+    if path.suffix == ".safetensors":
+        return _safetensors_source(path)
+    if path.suffix in TORCH_SUFFIXES:
+        return _torch_source(path)
+    raise WeightsError(f"{path}: unknown weights format (expected .safetensors, .pt, .pth, .bin, .ckpt)")
+
+
+def _safe_open(path: Path):
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def _header(handle, keys: Iterable[str], into_shapes: dict, into_float: dict) -> None:
+    for k in keys:
+        sl = handle.get_slice(k)
+        into_shapes[k] = tuple(sl.get_shape())
+        into_float[k] = sl.get_dtype().upper().startswith(("F", "BF"))
+
+
+def _safetensors_source(path: Path) -> WeightSource:
+    handle = _safe_open(path)
+    shapes: dict = {}
+    floats: dict = {}
+    _header(handle, handle.keys(), shapes, floats)
+    return WeightSource(str(path), shapes, floats, handle.get_tensor)
+
+
+def _sharded_source(index_path: Path) -> WeightSource:
+    try:
+        weight_map = json.loads(index_path.read_text())["weight_map"]
+    except Exception as exc:
+        raise WeightsError(f"{index_path}: not a valid safetensors index ({exc})") from exc
+    handles = {}
+    shapes: dict = {}
+    floats: dict = {}
+    key_file: dict = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise WeightsError(f"{shard_path}: shard listed in {index_path.name} is missing")
+        handles[shard] = _safe_open(shard_path)
+        keys = [k for k, f in weight_map.items() if f == shard]
+        _header(handles[shard], keys, shapes, floats)
+        key_file.update({k: shard for k in keys})
+    return WeightSource(str(index_path.parent), shapes, floats,
+                        lambda k: handles[key_file[k]].get_tensor(k), close=handles.clear)
+
+
+def _torch_source(path: Path) -> WeightSource:
+    obj = None
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "global" not in str(exc).lower():
+            raise WeightsError(f"{path}: cannot read weights (not a torch checkpoint)") from exc
+        raise WeightsError(f"{path}: refused: this pickle needs code to load and is never executed "
+                           "(only tensors/state dicts are read, torch.load(weights_only=True))") from exc
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    state = _find_state_dict(obj)
+    if state is None:
+        raise WeightsError(f"{path}: no state dict of tensors found in this file")
+    return _dict_source(state, str(path))
+
+
+def _find_state_dict(obj) -> dict | None:
+    if isinstance(obj, Mapping):
+        if any(isinstance(v, torch.Tensor) for v in obj.values()):
+            return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        for k in ("state_dict", "model", "module", "model_state_dict"):
+            if isinstance(obj.get(k), Mapping):
+                return _find_state_dict(obj[k])
+    return None
+
+
+def _dict_source(state: dict, label: str, module_kinds=None) -> WeightSource:
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return WeightSource(label, {k: tuple(v.shape) for k, v in tensors.items()},
+                        {k: v.is_floating_point() for k, v in tensors.items()},
+                        tensors.__getitem__, module_kinds=module_kinds)
+
+
+def module_kind(module: torch.nn.Module, weight: torch.Tensor) -> str | None:
+    """WeightWatcher's module rule: the class name decides (linear, conv2d, embedding; norms never)."""
+    typestr = str(type(module)).lower()
+    if "linear" in typestr or "conv1d" in typestr or "embedding" in typestr:
+        return "dense" if weight.dim() == 2 else None
+    if "conv2d" in typestr:
+        return "conv2d" if weight.dim() == 4 else None
+    return None
+
+
+def _module_source(model: torch.nn.Module) -> WeightSource:
+    state = {}
+    kinds = {}
+    for longname, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if isinstance(w, torch.Tensor) and longname:
+            key = longname + WEIGHT_SUFFIX
+            state[key] = w
+            kinds[key] = module_kind(mod, w)
+    return _dict_source(state, f"<{type(model).__name__}>", module_kinds=kinds)
+
+
+# ---------------------------------------------------------------- selection
+
+
+def select_layers(source: WeightSource, *, pool: bool = True, min_evals: int = 10,
+                  max_evals: int = 15000, max_N: int = 50000,
+                  include: str | None = None, exclude: str | None = None) -> list[LayerSpec]:
+    """The layers WeightWatcher would analyse, as LayerSpecs in natural key order.
+
+    include/exclude are regular expressions searched in the longname.
+    """
+    inc = re.compile(include) if include else None
+    exc = re.compile(exclude) if exclude else None
+    specs = []
+    weight_keys = [k for k in source.keys() if k.endswith(WEIGHT_SUFFIX)]
+    for layer_id, key in enumerate(weight_keys):
+        shape = source.shapes[key]
+        longname = key[: -len(WEIGHT_SUFFIX)]
+        if source.module_kinds is not None:
+            kind = source.module_kinds.get(key)
+        else:
+            kind = {2: "dense", 4: "conv2d"}.get(len(shape))
+        if kind is None or not source.is_float(key) or 0 in shape:
+            continue
+        if inc is not None and not inc.search(longname):
+            continue
+        if exc is not None and exc.search(longname):
+            continue
+        spec = LayerSpec(key, longname, longname.rsplit(".", 1)[-1], layer_id, kind, tuple(shape))
+        n, m = spec.matrix_shape
+        num_evals = m * spec.rf if pool else m
+        if min_evals and num_evals < min_evals:
+            continue
+        if max_evals and num_evals > max_evals:
+            continue
+        if n > max_N:
+            continue
+        specs.append(spec)
+    return specs
+
+
+def iter_matrices(source: WeightSource, specs: list[LayerSpec]) -> Iterator[tuple[LayerSpec, torch.Tensor]]:
+    """Stream (spec, (rf, N, M) float tensor) one layer at a time."""
+    for spec in specs:
+        yield spec, to_matrices(spec, source.tensor(spec.key))
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file (or of a sharded checkpoint's index + shards), streamed."""
+    import hashlib
+
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.glob("*.safetensors*") if p.is_file())
+    for p in files:
+        with open(p, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,56 @@
+"""Eigenvalues from the Gram matrix: agree with SVD^2 to what parity needs; batching; MP edge."""
+
+import numpy as np
+import pytest
+import torch
+
+from wdiv.spectral.esd import gram_eigenvalues, pooled, svd_eigenvalues
+
+
+def _matrices():
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(300, 120, generator=g, dtype=torch.float32)
+    square = torch.randn(256, 256, generator=g, dtype=torch.float32)
+    u = torch.rand(400, 150, generator=g, dtype=torch.float64)
+    pareto = (u ** (-1 / 1.5) * torch.sign(torch.randn(400, 150, generator=g, dtype=torch.float64))).float()
+    low_rank = (torch.randn(200, 10, generator=g) @ torch.randn(10, 80, generator=g))
+    return {"gauss": gauss, "square": square, "pareto": pareto, "low_rank": low_rank}
+
+
+@pytest.mark.parametrize("kind", ["gauss", "square", "pareto", "low_rank"])
+def test_gram_eigvalsh_matches_svd_squared(kind):
+    w = _matrices()[kind]
+    gram = gram_eigenvalues(w)[0]
+    svd = svd_eigenvalues(w)[0]
+    assert gram.dtype == np.float64 and len(gram) == min(w.shape)
+    lam_max = svd[-1]
+    # every eigenvalue the power-law fit can use (WeightWatcher drops <= 1e-5) to 1e-9 relative
+    big = svd > max(1e-5, 1e-6 * lam_max)
+    np.testing.assert_allclose(gram[big], svd[big], rtol=1e-9)
+    # numerically-zero directions come out exactly 0, so the hard rank is the SVD's
+    tol = np.sqrt(lam_max) * max(w.shape) * np.finfo(np.float64).eps
+    assert (np.sqrt(gram) > tol).sum() == (np.sqrt(svd) > tol).sum()
+    # sums that norm metrics use
+    assert gram.sum() == pytest.approx(svd.sum(), rel=1e-12)
+
+
+def test_batched_equals_one_by_one_and_orientation_does_not_matter():
+    g = torch.Generator().manual_seed(1)
+    stack = torch.randn(9, 64, 32, generator=g)
+    batched = gram_eigenvalues(stack)
+    single = np.stack([gram_eigenvalues(stack[i])[0] for i in range(9)])
+    np.testing.assert_allclose(batched, single, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gram_eigenvalues(stack.transpose(1, 2)), batched, rtol=1e-10)
+    assert np.all(np.diff(pooled(batched)) >= 0) and pooled(batched).size == 9 * 32
+
+
+def test_gaussian_esd_has_marchenko_pastur_edges():
+    n, m, sigma = 2000, 500, 0.7
+    w = torch.randn(n, m, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * sigma
+    ev = gram_eigenvalues(w)[0] / n  # MP scale: X = W^T W / N
+    q = n / m
+    edge_hi = sigma ** 2 * (1 + 1 / np.sqrt(q)) ** 2
+    edge_lo = sigma ** 2 * (1 - 1 / np.sqrt(q)) ** 2
+    assert ev.max() == pytest.approx(edge_hi, rel=0.05)
+    assert ev.min() == pytest.approx(edge_lo, rel=0.1)
+    assert ev.mean() == pytest.approx(sigma ** 2, rel=0.02)
