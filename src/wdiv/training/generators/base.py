@@ -1,0 +1,63 @@
+"""The interface every synthetic-image generator implements, and the registry that builds one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+
+class Generator(ABC):
+    """A class-conditional image source.
+
+    ``fit`` sees the real training split (uint8 [N, C, H, W], labels) once before ``generate``;
+    ``generate(counts, seed)`` returns ``counts[c]`` images of each class c, class by class, as
+    uint8 [M, C', H', W'] plus int64 labels (the caller matches channels and size to the real
+    set). The same config, data and seed must give the same images. ``cacheable`` says whether
+    the output is worth caching on disk (not for images that are already files).
+    """
+
+    name: str = ""
+    cacheable: bool = True
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.cfg = dict(cfg)
+        self.class_names: list[str] | None = None
+
+    def fit(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        class_names: Sequence[str] | None,
+        seed: int,
+    ) -> None:
+        """Learn whatever the generator needs from the real split (default: only class names)."""
+        self.class_names = list(class_names) if class_names is not None else None
+
+    @abstractmethod
+    def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``counts[c]`` images of class c for every c, grouped by class in class order."""
+
+    def cache_config(self) -> dict[str, Any]:
+        """What identifies this generator's output (its config, JSON-serialisable)."""
+        return {k: v for k, v in sorted(self.cfg.items())}
+
+
+def _registry() -> dict[str, type[Generator]]:
+    from wdiv.training.generators.folder import FolderGenerator
+    from wdiv.training.generators.offline import PcaGmmGenerator
+    from wdiv.training.generators.stable_diffusion import StableDiffusionGenerator
+
+    return {g.name: g for g in (PcaGmmGenerator, FolderGenerator, StableDiffusionGenerator)}
+
+
+def make_generator(cfg: Mapping[str, Any], **kwargs: Any) -> Generator:
+    """Build the generator named by ``cfg['name']`` (``synth.generator.name``)."""
+    registry = _registry()
+    name = cfg.get("name")
+    if name not in registry:
+        raise ValueError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(registry)})")
+    return registry[name](cfg, **kwargs)
