@@ -54,7 +54,7 @@ def test_replace_keeps_size_and_class_counts(p):
     assert len(out) == len(real)
     assert torch.equal(torch.bincount(out.labels), torch.bincount(real.labels))  # stratified, labels kept
     n_syn = round(p * len(real))
-    assert out.synth_info == {"mode": "replace", "p": p, "generator": "pca_gmm", "n_real": 60 - n_syn, "n_synthetic": n_syn}
+    assert out.info == {"mode": "replace", "p": p, "generator": "pca_gmm", "n_real": 60 - n_syn, "n_synthetic": n_syn}
     assert out.is_synthetic.sum() == n_syn
     # real rows untouched, replaced rows differ from what they replaced
     keep = ~out.is_synthetic
@@ -63,13 +63,13 @@ def test_replace_keeps_size_and_class_counts(p):
     x, y = out[0]
     assert x.dtype == torch.uint8 and x.shape == (3, 12, 12) and isinstance(y, int)
     if p == 1.0:
-        assert out.synth_info["n_real"] == 0
+        assert out.info["n_real"] == 0
 
 
 def test_add_appends_in_class_proportion_and_aligns_rows():
     real = _real()
     out = build_synthetic_train(real, {"mode": "add", "p": 0.5, "generator": OFFLINE}, seed=0, num_classes=3)
-    assert len(out) == 90 and out.synth_info["n_synthetic"] == 30 and out.synth_info["n_real"] == 60
+    assert len(out) == 90 and out.info["n_synthetic"] == 30 and out.info["n_real"] == 60
     assert torch.equal(out.images[:60], real.images)
     assert torch.bincount(out.labels[60:]).tolist() == [15, 10, 5]
     assert out.fidelity_rows.tolist() == [False] * 60 + [True] * 30
@@ -103,7 +103,7 @@ def test_filtered_drops_images_the_real_classifier_rejects():
         real, {"mode": "filtered", "p": 0.5, "filter": {"threshold": 0.6, "oversample": 2.0}},
         seed=0, num_classes=3, generator=_HalfWrong({}),
     )
-    assert out.synth_info["n_synthetic"] == 30 and len(out) == 90
+    assert out.info["n_synthetic"] == 30 and len(out) == 90
     assert torch.bincount(out.labels[60:]).tolist() == [15, 10, 5]
     # each kept image is a real image of the class it is labelled with (mislabelled ones dropped)
     for x, y in zip(out.images[60:], out.labels[60:]):
@@ -146,7 +146,7 @@ def test_cache_round_trip(tmp_path):
     real = _real()
     gen = PcaGmmGenerator(OFFLINE)
     x1, y1 = cached_generate(gen, real.images, real.labels, [3, 2, 1], seed=0, cache_dir=tmp_path)
-    files = list((tmp_path / "synthetic").iterdir())
+    files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # no tmp leftovers
 
     class _NoGenerate(PcaGmmGenerator):
@@ -158,7 +158,7 @@ def test_cache_round_trip(tmp_path):
     # another seed or another config is another entry
     cached_generate(gen, real.images, real.labels, [3, 2, 1], seed=1, cache_dir=tmp_path)
     cached_generate(PcaGmmGenerator({**OFFLINE, "temperature": 0.5}), real.images, real.labels, [3, 2, 1], seed=0, cache_dir=tmp_path)
-    assert len(list((tmp_path / "synthetic").iterdir())) == 3
+    assert len(list(tmp_path.iterdir())) == 3
 
 
 def test_folder_round_trip_and_errors(tmp_path):
@@ -169,7 +169,7 @@ def test_folder_round_trip_and_errors(tmp_path):
     with pytest.raises(FileExistsError):
         write_image_folder(real.images, real.labels, root)
     out = build_synthetic_train(real, {"mode": "add", "p": 0.5, "generator": {"name": "folder", "root": str(root)}}, seed=0)
-    assert out.synth_info["generator"] == "folder" and torch.bincount(out.labels[60:]).tolist() == [15, 10, 5]
+    assert out.info["generator"] == "folder" and torch.bincount(out.labels[60:]).tolist() == [15, 10, 5]
     for x, y in zip(out.images[60:], out.labels[60:]):  # the PNGs are lossless: each is a real image of its class
         same = (real.images == x).flatten(1).all(1)
         assert same.any() and set(real.labels[same].tolist()) == {int(y)}
@@ -217,7 +217,7 @@ def test_stable_diffusion_path_with_stand_in_pipeline(tmp_path):
     real = _real()
     out = build_synthetic_train(real, {"mode": "replace", "p": 0.1}, seed=0, generator=StableDiffusionGenerator(
         {"name": "stable_diffusion", "height": 24, "width": 24}, pipeline=_StandInPipeline()))
-    assert out.images.shape == real.images.shape and out.synth_info["generator"] == "stable_diffusion"
+    assert out.images.shape == real.images.shape and out.info["generator"] == "stable_diffusion"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is not None, reason="diffusers installed")
@@ -225,3 +225,26 @@ def test_stable_diffusion_without_diffusers_says_which_extra():
     gen = StableDiffusionGenerator({"name": "stable_diffusion", "class_names": ["a"]})
     with pytest.raises(ImportError, match=r"wdiv\[gen\]"):
         gen.generate([1], seed=0)
+
+
+def _script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "generate_synthetic.py"
+    spec = importlib.util.spec_from_file_location("generate_synthetic", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_synthetic_script_writes_a_folder_the_folder_generator_reads(tmp_path):
+    script = _script()
+    out = tmp_path / "sd"
+    argv = ["--out", str(out), "--classes", "h,v,d", "--per-class", "12", "--resolution", "16", "--size", "12"]
+    assert script.main(argv, pipeline=_StandInPipeline()) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["d", "h", "v"]
+    assert script.main(argv, pipeline=_StandInPipeline()) == 1  # refuses to overwrite
+    real = _real()
+    mixed = build_synthetic_train(real, {"mode": "replace", "p": 0.3, "generator": {"name": "folder", "root": str(out)}}, seed=0)
+    assert mixed.info["n_synthetic"] == 18 and mixed.images.shape == real.images.shape

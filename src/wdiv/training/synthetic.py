@@ -10,7 +10,7 @@ Modes (``synth.mode``), p = ``synth.p``:
   below ``filter.threshold``.
 
 The returned dataset yields ``(uint8 [C, H, W], int label)`` like the real one, and records
-``synth_info`` (run.json ``synth``) plus the row alignment ``wdiv.diversity`` uses for fidelity:
+``info`` (run.json ``synth``) plus the row alignment ``wdiv.diversity`` uses for fidelity:
 ``real_index`` (the real image each row stands for) and ``fidelity_rows``.
 """
 
@@ -42,7 +42,7 @@ class SyntheticTrainSet(Dataset):
         self.is_synthetic = is_synthetic
         self.real_index = real_index
         self.fidelity_rows = fidelity_rows
-        self.synth_info = info
+        self.info = info  # run.json ``synth``
         if classes is not None:
             self.classes = classes
 

@@ -51,7 +51,7 @@ def cached_generate(
     cache_dir: str | os.PathLike | None,
     class_names: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``generator``'s images for ``counts``, from ``<cache_dir>/synthetic/`` when already made.
+    """``generator``'s images for ``counts``, from ``cache_dir`` when already made (None: no cache).
 
     On a miss the generator is fitted on the real split and its output saved (tmp + os.replace,
     so a killed run never leaves half a file).
@@ -59,7 +59,7 @@ def cached_generate(
     path = None
     if cache_dir is not None and generator.cacheable:
         key = cache_key(generator, counts, seed, fingerprint(images, labels))
-        path = Path(cache_dir) / "synthetic" / f"{generator.name}-{key[:24]}.safetensors"
+        path = Path(cache_dir) / f"{generator.name}-{key[:24]}.safetensors"
         if path.exists():
             log.info("synthetic images from cache %s", path)
             saved = load_file(str(path))

@@ -29,7 +29,7 @@ class FolderGenerator(Generator):
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
-        if not self.cfg.get("root"):
+        if self.cfg.get("root") in (None, "", "???"):
             raise ValueError("synth.generator.root: the folder generator needs a root directory")
         self.root = Path(os.path.expanduser(str(self.cfg["root"])))
         if not self.root.is_dir():
