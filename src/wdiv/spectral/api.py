@@ -36,6 +36,7 @@ class LayerResult:
     row: dict
     evals: np.ndarray | None
     rand_evals: np.ndarray | None = None
+    error: str | None = None  # the layer could not be analysed at all (not merely a failed fit)
 
 
 def analyze(weights, *, progress: bool = False, **options) -> pd.DataFrame:
@@ -132,7 +133,7 @@ def _failed_rows(spec: LayerSpec, opts: AnalyzeOptions, why: str) -> list[LayerR
     slices = [None] if opts.pool else list(range(spec.rf))
     m = spec.matrix_shape[1]
     return [LayerResult({**_base_row(spec, m * (spec.rf if opts.pool else 1), s),
-                         "status": "failed", "warning": why}, None) for s in slices]
+                         "status": "failed", "warning": why}, None, error=why) for s in slices]
 
 
 def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
@@ -148,24 +149,40 @@ def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
         row = _base_row(spec, len(ev), slice_id if not opts.pool else None)
         if not opts.pool and "slice_id" not in row:
             row["slice_id"] = 0
-        row.update(_metrics(ev, spec, opts, rand_evals))
+        metrics, error = _metrics(ev, spec, opts, rand_evals)
+        row.update(metrics)
+        if opts.randomize and rand_evals is not None and "rand_distance" not in row:
+            row.update(_random_columns(ev, rand_evals))
         if opts.farms:
             row["alpha_farms"] = _farms_alpha(w, scale, spec, opts, slice_id)
-        out.append(LayerResult(row, ev, rand_evals))
+        out.append(LayerResult(row, ev, rand_evals, error))
     return out
 
 
-def _metrics(ev: np.ndarray, spec: LayerSpec, opts: AnalyzeOptions, rand_evals) -> dict:
+def _metrics(ev: np.ndarray, spec: LayerSpec, opts: AnalyzeOptions, rand_evals) -> tuple[dict, str | None]:
     from . import metrics  # the numerics' module; imported late so weights/esd work alone
 
     n, m = spec.matrix_shape
     try:
         return metrics.layer_metrics(ev, N=n, M=m, rf=spec.rf, fit=opts.fit,
                                      xmax=opts.xmax, fix_fingers=opts.fix_fingers, mp_fit=opts.mp_fit,
-                                     rand_evals=rand_evals)
+                                     rand_evals=rand_evals), None
     except Exception as exc:  # one bad layer never sinks the checkpoint
         log.warning("%s: metrics failed: %s", spec.longname, exc)
-        return {"status": "failed", "warning": f"metrics failed: {exc}"}
+        why = f"metrics failed: {type(exc).__name__}: {exc}"
+        return {"status": "failed", "warning": why}, why
+
+
+def _random_columns(ev: np.ndarray, rand_evals: np.ndarray) -> dict:
+    """WeightWatcher's randomisation columns, in case the metrics module does not add them.
+
+    As WeightWatcher defines it, rand_distance is the Jensen-Shannon distance between the two
+    sorted eigenvalue vectors read as (normalised) weights, not between histograms.
+    """
+    from scipy.spatial.distance import jensenshannon
+
+    return {"rand_distance": float(jensenshannon(np.sort(ev), np.sort(rand_evals))),
+            "ww_softrank": float(rand_evals.max() / ev.max())}
 
 
 def _layer_generator(spec: LayerSpec, opts: AnalyzeOptions, slice_id: int | None, salt: int) -> torch.Generator:
@@ -207,9 +224,9 @@ def add_deltas(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     keys = ["longname"] + (["slice_id"] if "slice_id" in df and "slice_id" in base else [])
     metrics_cols = [c for c in df.columns if c in base.columns and c not in NOT_METRICS
                     and pd.api.types.is_numeric_dtype(df[c]) and pd.api.types.is_numeric_dtype(base[c])]
-    ref = base[keys + metrics_cols].drop_duplicates(keys).set_index(keys)
-    joined = df.join(ref, on=keys, rsuffix="__base")
+    ref = base[keys + metrics_cols].drop_duplicates(keys).rename(columns={c: f"{c}__base" for c in metrics_cols})
+    joined = df[keys].merge(ref, on=keys, how="left")
     out = df.copy()
     for c in metrics_cols:
-        out[f"delta_{c}"] = joined[c] - joined[f"{c}__base"]
+        out[f"delta_{c}"] = df[c].to_numpy() - joined[f"{c}__base"].to_numpy()
     return out
