@@ -1,0 +1,82 @@
+"""Input pipelines: augmentation policies (torchvision v2) followed by the model's one normalisation.
+
+A policy is a '+'-joined list of components, e.g. ``autoaugment+noise+flip``. Components that
+act on uint8 images run first, then the image becomes float in [0, 1], then additive noise,
+then ``Normalize(model mean, std)``: the same normalisation for every arm and every policy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from wdiv.training.errors import ConfigError
+
+# The augment arm's diversity levels, roughly from least to most diverse (paper's list + flip/crop).
+LEVELS = [
+    "flip+crop",
+    "autoaugment",
+    "randaugment",
+    "augmix",
+    "trivialaugment",
+    "noise0.01",
+    "noise0.03",
+    "noise0.05",
+    "autoaugment+noise",
+    "autoaugment+noise+flip",
+    "autoaugment+noise+flip+elastic",
+]
+
+
+def _uint8_component(name: str, aug_cfg, size: int):
+    """The uint8-stage transform for one component, or None when it acts on floats."""
+    table = {
+        "flip": lambda: v2.RandomHorizontalFlip(),
+        "crop": lambda: v2.RandomCrop(size, padding=int(aug_cfg.crop_padding), padding_mode="reflect"),
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
+        "randaugment": lambda: v2.RandAugment(num_ops=int(aug_cfg.randaugment_num_ops), magnitude=int(aug_cfg.randaugment_magnitude)),
+        "augmix": lambda: v2.AugMix(),
+        "trivialaugment": lambda: v2.TrivialAugmentWide(),
+        "elastic": lambda: v2.ElasticTransform(alpha=float(aug_cfg.elastic_alpha), sigma=float(aug_cfg.elastic_sigma)),
+    }
+    return table[name]() if name in table else None
+
+
+def _noise_std(name: str, aug_cfg) -> float | None:
+    if name == "noise":
+        return float(aug_cfg.noise_std)
+    if name.startswith("noise"):
+        try:
+            return float(name[len("noise") :])
+        except ValueError:
+            return None
+    return None
+
+
+def parse_policy(policy: str) -> list[str]:
+    """Split a policy into components; raises ConfigError naming ``aug.policy`` if one is unknown."""
+    policy = str(policy)
+    if policy in ("none", ""):
+        return []
+    parts = policy.split("+")
+    known = {"flip", "crop", "autoaugment", "randaugment", "augmix", "trivialaugment", "elastic", "noise"}
+    for part in parts:
+        if part not in known and _noise_std(part, {"noise_std": 0.0}) is None:
+            raise ConfigError(f"aug.policy: unknown component {part!r} in {policy!r} (known: {', '.join(sorted(known))}, noiseSTD)")
+    return parts
+
+
+def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
+    """uint8 [C,H,W] -> normalised float tensor; augmentation only when ``train``."""
+    uint8_stage, float_stage = [], []
+    if raw_size != size:
+        uint8_stage.append(v2.Resize([size, size], antialias=True))
+    if train:
+        for part in parse_policy(aug_cfg.policy):
+            std_noise = _noise_std(part, aug_cfg)
+            if std_noise is not None:
+                float_stage.append(v2.GaussianNoise(mean=0.0, sigma=std_noise, clip=True))
+            else:
+                uint8_stage.append(_uint8_component(part, aug_cfg, size))
+    steps = [*uint8_stage, v2.ToDtype(torch.float32, scale=True), *float_stage, v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)

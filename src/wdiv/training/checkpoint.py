@@ -1,0 +1,97 @@
+"""Crash-safe files: every write goes to a temporary file first and is moved in with os.replace.
+
+Resume state is two files: the epoch's weights (safetensors) and ``state.pt`` (optimizer,
+epoch, history; loadable with ``torch.load(weights_only=True)``). ``state.pt`` names its weights
+file and is written last, so a kill at any moment leaves either the old or the new pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+STATE = "state.pt"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(model_or_state, path: Path) -> None:
+    """Write a state dict (or a module's) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = model_or_state.state_dict() if isinstance(model_or_state, torch.nn.Module) else model_or_state
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights from safetensors, or from a torch file without unpickling code."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def save_resume(ckpt_dir: Path, *, model, optimizer, epoch: int, step: int, history: list[dict]) -> None:
+    """Checkpoint after ``epoch`` (1-based count of finished epochs)."""
+    ckpt_dir = Path(ckpt_dir)
+    weights = f"epoch{epoch:04d}.safetensors"
+    save_weights(model, ckpt_dir / weights)
+    state = {"epoch": epoch, "step": step, "weights": weights, "optimizer": optimizer.state_dict(), "history": history}
+    with atomic_path(ckpt_dir / STATE) as tmp:
+        torch.save(state, tmp)
+    for old in ckpt_dir.glob("epoch*.safetensors"):
+        if old.name != weights:
+            old.unlink(missing_ok=True)
+
+
+def load_resume(ckpt_dir: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """The last (state, weights) pair, or None when there is no checkpoint."""
+    state_path = Path(ckpt_dir) / STATE
+    if not state_path.exists():
+        return None
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    return state, load_weights(Path(ckpt_dir) / state["weights"])

@@ -1,0 +1,127 @@
+"""Starting checkpoints: builtin (pretrained here on the dataset's source task), hub, or a local file.
+
+Builtin and hub weights are materialised once under ``<cache>/pretrained/<key>/model.safetensors``
+with a ``pretrained.json`` (config + sha256) beside it, so ``wdiv.analyze`` always has a file to
+compare the fine-tuned weights against. A file lock makes parallel jobs build it only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from wdiv.training.checkpoint import save_weights, sha256_file, write_json
+from wdiv.training.data import cache_root
+from wdiv.training.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DATA_KEYS = ("name", "source_classes", "image_size", "split_seed", "val_fraction", "test_fraction")
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def resolve(cfg, rt) -> dict | None:
+    """{path, sha256} of the starting weights, building/downloading them if needed; None for scratch."""
+    spec = str(cfg.model.pretrained)
+    if spec == "none":
+        return None
+    if spec == "builtin":
+        path = ensure_builtin(cfg, rt)
+    elif spec == "hub":
+        path = ensure_hub(cfg)
+    else:
+        from wdiv.training.models import local_weights_path
+
+        path = local_weights_path(spec).resolve()
+        return {"path": str(path), "sha256": sha256_file(path)}
+    meta = json.loads((path.parent / "pretrained.json").read_text())
+    return {"path": str(path), "sha256": meta["sha256"]}
+
+
+def builtin_spec(cfg) -> dict:
+    """Everything that determines a builtin checkpoint (its cache key)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return {
+        "model": {k: model.get(k) for k in ("name", "kwargs", "img_size", "mean", "std", "pretrain")},
+        "data": {k: data.get(k) for k in BUILTIN_DATA_KEYS},
+    }
+
+
+def ensure_builtin(cfg, rt) -> Path:
+    spec = builtin_spec(cfg)
+    key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root(cfg.paths) / "pretrained" / f"{cfg.model.id}-{spec['data']['name']}-{key}"
+    weights = folder / "model.safetensors"
+    with _locked(folder.parent / f"{folder.name}.lock"):
+        if weights.exists() and (folder / "pretrained.json").exists():
+            return weights
+        log.warning("building the builtin pretrained checkpoint for model %s on the %s source task (first use; cached in %s)", cfg.model.id, spec["data"]["name"], folder)
+        info = _pretrain(cfg, rt, weights)
+        write_json(folder / "pretrained.json", {"kind": "builtin", "config": spec, "sha256": sha256_file(weights), **info})
+    return weights
+
+
+def _pretrain(cfg, rt, weights: Path) -> dict:
+    """Train the model from scratch on the source task with the ordinary loop."""
+    import torch
+
+    from wdiv.training import models
+    from wdiv.training.augment import build_transform
+    from wdiv.training.data import Transformed, build_splits
+    from wdiv.training.evaluate import evaluate
+    from wdiv.training.loop import Schedule, fit
+    from wdiv.training.optim import build_optimizer
+
+    pre = cfg.model.pretrain
+    seed = int(pre.seed)
+    splits = build_splits(cfg.data, cfg.paths, task="source")
+    torch.manual_seed(seed)
+    model_cfg = OmegaConf.merge(cfg.model, {"dropout": 0.0, "dropout_at": "head"})
+    model = models.create(model_cfg, splits.num_classes).to(rt.device)
+    mean, std = models.normalisation(model, cfg.model)
+    size = int(cfg.model.img_size)
+    plain = build_transform(OmegaConf.create({"policy": "none"}), mean=mean, std=std, size=size, raw_size=splits.image_size, train=False)
+    optim_cfg = OmegaConf.create({"name": "adamw", "lr": float(pre.lr), "weight_decay": float(pre.weight_decay), "eps": 1e-8})
+    optimizer = build_optimizer(model, optim_cfg)
+    sched = Schedule(epochs=int(pre.epochs), batch_size=int(pre.batch_size), lr_schedule="cosine")
+    fit(model, optimizer, Transformed(splits.train, plain), Transformed(splits.val, plain), sched, rt, seed=seed, desc="pretrain ")
+    test = evaluate(model, {"test": Transformed(splits.test, plain)}, rt)["test"]
+    log.info("builtin checkpoint: source-task test accuracy %.3f", test["acc"])
+    save_weights(model, weights)
+    return {"source_test_acc": test["acc"], "epochs": int(pre.epochs)}
+
+
+def ensure_hub(cfg) -> Path:
+    """Download timm's pretrained weights once (network) and keep them as safetensors in the cache."""
+    import timm
+
+    name = str(cfg.model.name)
+    if not timm.is_model(name):
+        raise ConfigError(f"model.name: unknown timm model {name!r}")
+    folder = cache_root(cfg.paths) / "pretrained" / f"hub-{name.replace('/', '_')}"
+    weights = folder / "model.safetensors"
+    with _locked(folder.parent / f"{folder.name}.lock"):
+        if not (weights.exists() and (folder / "pretrained.json").exists()):
+            log.warning("downloading pretrained weights of %s from the hub (first use; cached in %s)", name, folder)
+            model = timm.create_model(name, pretrained=True)
+            save_weights(model, weights)
+            write_json(folder / "pretrained.json", {"kind": "hub", "config": {"name": name}, "sha256": sha256_file(weights)})
+    return weights

@@ -1,0 +1,73 @@
+"""Early config checks, so a bad value fails in a second with one line naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wdiv.training.errors import ConfigError
+
+ARMS = ("baseline", "dropout", "weight_decay", "augment", "synthetic")
+NUMERIC_ARMS = ("dropout", "weight_decay", "synthetic")
+
+
+def _number(key: str, value, low=None, high=None, *, high_open=False, integer=False):
+    try:
+        x = int(value) if integer else float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: {value!r} is not a number") from None
+    if integer and float(value) != x:
+        raise ConfigError(f"{key}: {value!r} is not an integer")
+    if low is not None and x < low:
+        raise ConfigError(f"{key}: {value!r} is below {low}")
+    if high is not None and (x >= high if high_open else x > high):
+        raise ConfigError(f"{key}: {value!r} is outside [{low}, {high}{')' if high_open else ']'}")
+    return x
+
+
+def validate(cfg) -> None:
+    from wdiv.training.augment import parse_policy
+    from wdiv.training.optim import OPTIMIZERS
+
+    if cfg.arm not in ARMS:
+        raise ConfigError(f"arm: unknown arm {cfg.arm!r} (known: {', '.join(ARMS)})")
+    if cfg.arm in NUMERIC_ARMS:
+        _number("level", cfg.level, 0)
+    _number("seed", cfg.seed, 0, integer=True)
+    _number("model.dropout", cfg.model.dropout, 0.0, 1.0, high_open=True)
+    _number("optim.weight_decay", cfg.optim.weight_decay, 0.0)
+    _number("optim.lr", cfg.optim.lr, 0.0)
+    if cfg.optim.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name: unknown optimizer {cfg.optim.name!r} ({', '.join(OPTIMIZERS)})")
+    _number("trainer.epochs", cfg.trainer.epochs, 1, integer=True)
+    _number("trainer.batch_size", cfg.trainer.batch_size, 1, integer=True)
+    _number("trainer.threads", cfg.trainer.threads, 0, integer=True)
+    parse_policy(cfg.aug.policy)
+    _check_data(cfg.data)
+    _check_model(cfg.model)
+
+
+def _check_data(data) -> None:
+    if data.name in ("cifar10", "cifar100") and not data.download:
+        root = Path(str(data.root)).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"data.root: {root} does not exist (set data.download=true to fetch {data.name})")
+    if data.name == "imagefolder":
+        for key in ("train_root", "test_root"):
+            value = data.get(key)
+            if value is None or not Path(str(value)).expanduser().is_dir():
+                raise ConfigError(f"data.{key}: directory {value} does not exist")
+        for name, root in (data.get("ood_roots") or {}).items():
+            if not Path(str(root)).expanduser().is_dir():
+                raise ConfigError(f"data.ood_roots.{name}: directory {root} does not exist")
+
+
+def _check_model(model) -> None:
+    import timm
+
+    if not timm.is_model(str(model.name)):
+        raise ConfigError(f"model.name: unknown timm model {model.name!r}")
+    spec = str(model.pretrained)
+    if spec not in ("builtin", "hub", "none") and not Path(spec).expanduser().is_file():
+        raise ConfigError(f"model.pretrained: {spec!r} is neither builtin, hub, none nor an existing weights file")
+    if str(model.get("dropout_at", "head")) not in ("head", "blocks", "both"):
+        raise ConfigError(f"model.dropout_at: {model.dropout_at!r} is not one of head, blocks, both")
