@@ -54,3 +54,12 @@ def test_gaussian_esd_has_marchenko_pastur_edges():
     assert ev.max() == pytest.approx(edge_hi, rel=0.05)
     assert ev.min() == pytest.approx(edge_lo, rel=0.1)
     assert ev.mean() == pytest.approx(sigma ** 2, rel=0.02)
+
+
+def test_blockwise_gram_equals_one_shot():
+    from wdiv.spectral.esd import gram_matrix
+
+    w = torch.randn(3, 500, 40, generator=torch.Generator().manual_seed(3))
+    one = gram_matrix(w)
+    blocks = gram_matrix(w, block_elems=3 * 40 * 64)  # 64-row blocks
+    torch.testing.assert_close(blocks, one, rtol=1e-12, atol=1e-10)

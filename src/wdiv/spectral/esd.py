@@ -17,25 +17,44 @@ import torch
 
 # Smallest/largest eigenvalue ratio below which the Gram result is not trusted (SVD redone).
 _SVD_BELOW = 1e-10
+# float64 elements of one row block of the Gram product (64 MB).
+_BLOCK_ELEMS = 1 << 23
+
+
+def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
+                block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
+    """(B, N, M) with N >= M -> float64 (B, M, M) W^T W, accumulated over row blocks.
+
+    Only one block of rows is ever held in float64, so a float32 matrix never needs a full
+    float64 copy (memory stays ~ the input + M x M).
+    """
+    b, n, m = mats.shape
+    rows = max(1, block_elems // max(1, b * m))
+    if rows >= n:
+        x = mats.to(device=device, dtype=torch.float64)
+        return x.transpose(-2, -1) @ x
+    gram = torch.zeros(b, m, m, dtype=torch.float64, device=device)
+    for i in range(0, n, rows):
+        xb = mats[:, i:i + rows].to(device=device, dtype=torch.float64)
+        gram.baddbmm_(xb.transpose(-2, -1), xb)
+    return gram
 
 
 def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
     """(B, N, M) stack -> (B, min(N, M)) eigenvalues of each W^T W, ascending, float64.
 
-    Batched: one matmul and one batched symmetric eigensolver call for the whole stack.
+    Batched: one Gram product and one batched symmetric eigensolver call for the whole stack.
     """
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
-    x = mats.to(device=device, dtype=torch.float64)
-    if x.shape[-2] < x.shape[-1]:
-        x = x.transpose(-2, -1)
-    gram = x.transpose(-2, -1) @ x
-    evals = torch.linalg.eigvalsh(gram)
-    del gram
+    if mats.shape[-2] < mats.shape[-1]:
+        mats = mats.transpose(-2, -1)
+    evals = torch.linalg.eigvalsh(gram_matrix(mats, device=device))
     suspect = evals[..., 0] <= _SVD_BELOW * evals[..., -1]
     if bool(suspect.any()):
-        sv = torch.linalg.svdvals(x[suspect])
-        evals[suspect] = torch.flip(sv * sv, dims=[-1])
+        idx = suspect.nonzero().flatten().cpu()
+        sv = torch.linalg.svdvals(mats[idx].to(device=device, dtype=torch.float64))
+        evals[idx.to(evals.device)] = torch.flip(sv * sv, dims=[-1])
     return evals.clamp_min(0.0).cpu().numpy()
 
 

@@ -1,8 +1,8 @@
 """Weights in, named weight matrices out: streamed, one tensor at a time.
 
 A *source* (`open_weights`) lists the state-dict keys with their shapes without reading
-any data, and hands out one tensor at a time; safetensors files are memory mapped, so peak
-memory is bounded by the largest tensor, not by the model.
+any data, and hands out one tensor at a time; safetensors tensors are read one by one from
+disk (see SafetensorsFile), so peak memory is bounded by the largest tensor, not the model.
 
 Layer selection (`select_layers`) follows WeightWatcher 0.7.7 for PyTorch models:
 2-D weights (Linear, Embedding) and 4-D conv kernels; conv kernels are cut per kernel
@@ -167,28 +167,65 @@ def open_weights(weights) -> WeightSource:
     raise WeightsError(f"{path}: unknown weights format (expected .safetensors, .pt, .pth, .bin, .ckpt)")
 
 
-def _safe_open(path: Path):
-    from safetensors import safe_open
-
-    try:
-        return safe_open(str(path), framework="pt")
-    except Exception as exc:
-        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+              "U8": torch.uint8, "BOOL": torch.bool,
+              "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None)}
 
 
-def _header(handle, keys: Iterable[str], into_shapes: dict, into_float: dict) -> None:
-    for k in keys:
-        sl = handle.get_slice(k)
-        into_shapes[k] = tuple(sl.get_shape())
-        into_float[k] = sl.get_dtype().upper().startswith(("F", "BF"))
+class SafetensorsFile:
+    """Reads a .safetensors file one tensor at a time with plain reads.
+
+    Why not safetensors.safe_open: its memory map keeps every page it has touched resident,
+    so the process RSS grows to the file size over a full pass; explicit reads free each
+    tensor's memory as soon as it is dropped. The format is a little-endian u64 header length,
+    a JSON header {name: {dtype, shape, data_offsets}}, then the data.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n <= 0 or 8 + n > size:
+                    raise ValueError(f"header length {n} does not fit a {size}-byte file")
+                header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            self.start = 8 + n
+            self.entries = {}
+            for key, info in header.items():
+                lo, hi = info["data_offsets"]
+                if not 0 <= lo <= hi or self.start + hi > size:
+                    raise ValueError(f"tensor {key!r} ends at byte {self.start + hi}, file has {size}: truncated")
+                self.entries[key] = (info["dtype"], tuple(info["shape"]), lo, hi)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: e[1] for k, e in self.entries.items()}
+
+    def floats(self) -> dict[str, bool]:
+        return {k: e[0].startswith(("F", "BF")) for k, e in self.entries.items()}
+
+    def get_tensor(self, key: str) -> torch.Tensor:
+        dtype_name, shape, lo, hi = self.entries[key]
+        dtype = _ST_DTYPES.get(dtype_name)
+        if dtype is None:
+            raise ValueError(f"unsupported dtype {dtype_name}")
+        buf = bytearray(hi - lo)
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start + lo)
+            if fh.readinto(buf) != len(buf):
+                raise ValueError("file ended before the tensor's last byte (truncated)")
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _safetensors_source(path: Path) -> WeightSource:
-    handle = _safe_open(path)
-    shapes: dict = {}
-    floats: dict = {}
-    _header(handle, handle.keys(), shapes, floats)
-    return WeightSource(str(path), shapes, floats, handle.get_tensor)
+    st = SafetensorsFile(path)
+    return WeightSource(str(path), st.shapes(), st.floats(), st.get_tensor)
 
 
 def _sharded_source(index_path: Path) -> WeightSource:
@@ -196,7 +233,7 @@ def _sharded_source(index_path: Path) -> WeightSource:
         weight_map = json.loads(index_path.read_text())["weight_map"]
     except Exception as exc:
         raise WeightsError(f"{index_path}: not a valid safetensors index ({exc})") from exc
-    handles = {}
+    files: dict[str, SafetensorsFile] = {}
     shapes: dict = {}
     floats: dict = {}
     key_file: dict = {}
@@ -204,12 +241,15 @@ def _sharded_source(index_path: Path) -> WeightSource:
         shard_path = index_path.parent / shard
         if not shard_path.is_file():
             raise WeightsError(f"{shard_path}: shard listed in {index_path.name} is missing")
-        handles[shard] = _safe_open(shard_path)
+        files[shard] = st = SafetensorsFile(shard_path)
         keys = [k for k, f in weight_map.items() if f == shard]
-        _header(handles[shard], keys, shapes, floats)
+        missing = [k for k in keys if k not in st.entries]
+        if missing:
+            raise WeightsError(f"{shard_path}: lacks {missing[0]!r} listed in {index_path.name}")
+        shapes.update({k: st.entries[k][1] for k in keys})
+        floats.update({k: st.floats()[k] for k in keys})
         key_file.update({k: shard for k in keys})
-    return WeightSource(str(index_path.parent), shapes, floats,
-                        lambda k: handles[key_file[k]].get_tensor(k), close=handles.clear)
+    return WeightSource(str(index_path.parent), shapes, floats, lambda k: files[key_file[k]].get_tensor(k))
 
 
 def _torch_source(path: Path) -> WeightSource:
