@@ -1,0 +1,128 @@
+"""Report tables -> matplotlib Figures (Agg canvas, never shown; the caller saves or displays).
+
+Every function takes the DataFrames wdiv.report writes (runs.csv, layers.csv, categories.csv),
+so a notebook can redraw any figure from the CSV files alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from wdiv.compare import BASELINE, level_axis
+
+ARM_ORDER = ("dropout", "weight_decay", "augment", "synthetic")
+
+
+def _figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.2) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _arms(values) -> list[str]:
+    present = [a for a in pd.unique(pd.Series(values)) if isinstance(a, str) and a != BASELINE]
+    return sorted(present, key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a))
+
+
+def _text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def per_layer_d(layers: pd.DataFrame, metric: str) -> Figure:
+    """D of one metric along the network: one panel per category, one line per level (seed mean,
+    band = min..max over seeds)."""
+    col = f"D_{metric}"
+    arms = _arms(layers["arm"])
+    fig, axes = _figure(1, max(len(arms), 1), width=5.0)
+    order = layers.drop_duplicates("longname").sort_values("layer_order")["longname"].tolist()
+    position = {name: i for i, name in enumerate(order)}
+    for ax, arm in zip(axes[0], arms):
+        sub = layers[layers["arm"] == arm].assign(
+            _x=lambda d: d["longname"].map(position), _variant=lambda d: d["variant"].map(_text)
+        )
+        for (variant, _, level), grp in sub.groupby(["_variant", "level_index", sub["level"].map(_text)], sort=True):
+            per = grp.groupby("_x")[col].agg(["mean", "min", "max"]).sort_index()
+            label = f"{variant} {level}".strip()
+            (line,) = ax.plot(per.index, per["mean"], marker="o", ms=3, label=label)
+            ax.fill_between(per.index, per["min"], per["max"], color=line.get_color(), alpha=0.2, lw=0)
+        ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        ax.set_title(arm)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"D {metric}")
+        if len(order) <= 30:
+            ax.set_xticks(range(len(order)), order, rotation=90, fontsize=6)
+        ax.legend(fontsize=7, title="level", title_fontsize=7)
+    if not arms:
+        axes[0, 0].text(0.5, 0.5, "no non-baseline runs", ha="center", va="center")
+    fig.suptitle(f"Per-layer double difference D of {metric} (band: range over seeds)")
+    return fig
+
+
+def metric_vs_level(categories: pd.DataFrame, metric: str, statistic: str = "D") -> Figure:
+    """Seed mean of the layer-mean D (or dM) against strength, one panel per arm, 95 % CI band."""
+    rows = categories[(categories["metric"] == metric) & (categories["level"].astype(str) != "all")]
+    arms = _arms(rows["category"])
+    fig, axes = _figure(1, max(len(arms), 1))
+    for ax, arm in zip(axes[0], arms):
+        sub = rows[rows["category"] == arm]
+        x, axis = level_axis(sub["level"], sub["level_index"])
+        sub = sub.assign(_x=x.to_numpy(), _variant=sub["variant"].map(_text)).sort_values("_x")
+        for variant, grp in sub.groupby("_variant", sort=True):
+            (line,) = ax.plot(grp["_x"], grp[f"mean_{statistic}"], marker="o", label=variant or None)
+            ax.fill_between(
+                grp["_x"], grp[f"ci_low_{statistic}"], grp[f"ci_high_{statistic}"], color=line.get_color(), alpha=0.2, lw=0
+            )
+        if axis == "level" and (sub["_x"] > 0).all() and sub["_x"].max() / sub["_x"].min() >= 10:
+            ax.set_xscale("log")
+        if axis == "level_index":
+            ticks = sub.drop_duplicates("_x")
+            ax.set_xticks(ticks["_x"], ticks["level"].map(_text), rotation=45, ha="right", fontsize=7)
+        ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
+        ax.set_title(arm)
+        ax.set_xlabel(arm if axis == "level" else f"{arm} level")
+        ax.set_ylabel(f"{'D' if statistic == 'D' else 'd'} {metric} (layer mean)")
+        if sub["_variant"].str.len().gt(0).any():
+            ax.legend(fontsize=7)
+    if not arms:
+        axes[0, 0].text(0.5, 0.5, "no non-baseline runs", ha="center", va="center")
+    fig.suptitle(f"{metric}: {statistic} vs strength (mean over seeds, 95 % CI; none where n = 1)")
+    return fig
+
+
+def accuracy_vs_diversity(runs: pd.DataFrame, x: str = "diversity_weighted_vs") -> Figure:
+    """Test and OOD accuracy against a diversity measure, one colour per arm."""
+    ys = [c for c in ("test_acc", "ood_acc") if c in runs.columns]
+    fig, axes = _figure(1, max(len(ys), 1))
+    for ax, y in zip(axes[0], ys):
+        for arm, grp in runs.groupby("arm", sort=True):
+            ax.scatter(grp[x], grp[y], label=arm, s=18)
+        ax.set_xlabel(x.removeprefix("diversity_").replace("_", " "))
+        ax.set_ylabel(y.replace("_", " "))
+        ax.legend(fontsize=7)
+    fig.suptitle("Accuracy vs training-set diversity (one point per run)")
+    return fig
+
+
+def esd_overlay(esds: Mapping[str, np.ndarray], title: str = "", bins: int = 60) -> Figure:
+    """Log-log histograms (densities on log-spaced bins) of several ESDs of one layer."""
+    fig, axes = _figure(1, 1, width=5.5, height=4.0)
+    ax = axes[0, 0]
+    positive = [np.asarray(ev, dtype=float)[np.asarray(ev) > 0] for ev in esds.values()]
+    lo = min(ev.min() for ev in positive if ev.size)
+    hi = max(ev.max() for ev in positive if ev.size)
+    edges = np.logspace(np.log10(lo), np.log10(hi), bins + 1)
+    for (label, _), ev in zip(esds.items(), positive):
+        ax.hist(ev, bins=edges, density=True, histtype="step", lw=1.5, label=f"{label} (n={ev.size})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigenvalue of W^T W")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig

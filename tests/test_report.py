@@ -1,0 +1,181 @@
+"""wdiv.report on a fabricated analysed study with known injected effects (no training needed)."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from _fake_study import EFFECTS, METRICS, SKIPPED_RUNS, make_study
+from wdiv import compare, report
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = make_study(tmp_path_factory.mktemp("study"), diversity=True)
+    assert report.main([str(root), "--formats", "png"]) == 0
+    out = root / "report"
+    tables = {name: pd.read_csv(out / f"{name}.csv") for name in
+              ("runs", "layers", "categories", "anova", "pairwise", "level_trend", "correlations", "accuracy", "skipped")}
+    return root, out, tables
+
+
+def test_outputs_have_the_contract_columns(study):
+    _, out, t = study
+    for col in ["run_id", "exp", "arm", "level", "level_index", "variant", "seed", "model", "data",
+                "test_acc", "test_ece", "test_loss", "ood_acc", "ood_gaussian_noise", "diversity_weighted_vs",
+                "baseline_run_id", "n_layers"]:
+        assert col in t["runs"].columns, col
+    for m in METRICS:
+        assert {f"mean_{m}_ft", f"mean_dM_{m}", f"mean_D_{m}"} <= set(t["runs"].columns)
+        assert {f"{m}_pre", f"{m}_ft", f"dM_{m}", f"D_{m}"} <= set(t["layers"].columns)
+    assert {"run_id", "arm", "level", "seed", "longname", "N", "M"} <= set(t["layers"].columns)
+    assert {"category", "level", "metric", "mean_D", "ci_low_D", "ci_high_D", "mean_dM", "n_seeds"} <= set(
+        t["categories"].columns
+    )
+    assert set(t["anova"]["samples"]) == {compare.SEED_SAMPLES, compare.LAYER_SAMPLES}
+    assert set(t["categories"]["metric"]) == set(METRICS)
+    for name in ("summary.md", "categories.tex", "accuracy.tex", "figures/per_layer_D_alpha.png",
+                 "figures/level_D_log_norm.png", "figures/accuracy_vs_weighted_vs.png"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_baseline_own_double_difference_is_exactly_zero(study):
+    layers = study[2]["layers"]
+    base = layers[layers["arm"] == "baseline"]
+    assert len(base) > 0
+    for m in METRICS:
+        assert (base[f"D_{m}"] == 0.0).all(), m
+        assert (base[f"dM_{m}"] != 0.0).any()  # dM itself is not trivially zero
+
+
+def test_injected_effects_are_recovered_with_sign(study):
+    cats = study[2]["categories"]
+    for (arm, level), effect in EFFECTS.items():
+        for metric in ("alpha", "log_norm", "log_spectral_norm"):
+            row = cats[(cats.category == arm) & (cats.metric == metric) & (cats.level.astype(str) == str(level))]
+            assert len(row) == 1
+            expected = effect.get(metric, 0.0)
+            assert row["mean_D"].iloc[0] == pytest.approx(expected, abs=2e-3), (arm, level, metric)
+            if expected:
+                assert np.sign(row["mean_D"].iloc[0]) == np.sign(expected)
+                assert row["n_seeds"].iloc[0] == 2
+
+
+def test_category_ci_matches_scipy_from_layers_csv(study):
+    t = study[2]
+    per_run = t["layers"].groupby("run_id")["D_log_norm"].mean()
+    runs = t["runs"].set_index("run_id")
+    wd = runs[(runs.arm == "weight_decay") & (runs.level == 1e-3)]
+    x = per_run[wd.index].to_numpy()
+    lo, hi = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    row = t["categories"][(t["categories"].category == "weight_decay") & (t["categories"].metric == "log_norm")
+                          & (t["categories"].level.astype(str) == "0.001")].iloc[0]
+    assert (row["ci_low_D"], row["ci_high_D"]) == pytest.approx((lo, hi), rel=1e-9)
+    seeds = {a: t["runs"][t["runs"].arm == a].groupby("seed")["mean_D_log_norm"].mean() for a in ("dropout", "weight_decay")}
+    anova = t["anova"][(t["anova"].metric == "log_norm") & (t["anova"].samples == compare.SEED_SAMPLES)].iloc[0]
+    assert anova["p"] == pytest.approx(stats.f_oneway(*seeds.values()).pvalue, rel=1e-9)
+
+
+def test_skipped_runs_are_listed_and_never_averaged(study):
+    _, out, t = study
+    summary = (out / "summary.md").read_text()
+    skipped = dict(zip(t["skipped"]["run_id"], t["skipped"]["reason"]))
+    assert set(skipped) == set(SKIPPED_RUNS)
+    for run_id, reason in SKIPPED_RUNS.items():
+        assert reason in skipped[run_id]
+        assert run_id in summary
+        assert run_id not in set(t["runs"]["run_id"]) and run_id not in set(t["layers"]["run_id"])
+    assert len(t["runs"]) == 2 + 2 * 2 * 2
+    assert "head" not in set(t["layers"]["longname"])
+    excluded = pd.read_csv(out / "excluded_layers.csv")
+    assert set(excluded["longname"]) == {"head"}
+    assert "shape M 5 -> 10" in summary
+
+
+def test_summary_states_the_weight_decay_trend_and_latex_is_escaped(study):
+    _, out, _ = study
+    summary = (out / "summary.md").read_text()
+    assert "Yes: mean dlog_norm falls monotonically with weight_decay strength" in summary
+    tex = (out / "categories.tex").read_text()
+    assert "\\begin{tabular}" in tex and "weight\\_decay" in tex and "log\\_norm" in tex
+    acc = (out / "accuracy.tex").read_text()
+    assert "test\\_acc" in acc and "ood\\_acc" in acc
+
+
+def test_non_monotonic_weight_decay_and_single_seed_are_reported_as_such(tmp_path):
+    effects = dict(EFFECTS)
+    effects[("weight_decay", 1e-3)] = {"log_norm": +0.05}
+    root = make_study(tmp_path, seeds=(0,), effects=effects, extras=False)
+    assert report.main([str(root), "--no-figures"]) == 0
+    summary = (root / "report" / "summary.md").read_text()
+    assert "No: mean dlog_norm does not fall monotonically" in summary
+    assert "n=1, no CI" in summary
+    cats = pd.read_csv(root / "report" / "categories.csv")
+    assert (cats["n_seeds"] == 1).all() and cats.loc[cats.category != "baseline", "ci_low_D"].isna().all()
+    anova = pd.read_csv(root / "report" / "anova.csv")
+    assert anova.loc[anova.samples == compare.SEED_SAMPLES, "p"].isna().all()  # one seed: no test
+    assert anova.loc[anova.samples == compare.LAYER_SAMPLES, "p"].notna().all()  # the published variant still runs
+    assert not (root / "report" / "figures").exists()
+
+
+def test_reference_spectra_computed_once_per_checkpoint_when_missing(tmp_path):
+    from wdiv.collect import collect
+
+    ckpt = tmp_path / "pretrained.safetensors"
+    ckpt.write_bytes(b"placeholder")
+    root = make_study(tmp_path / "runs", extras=False, pretrained=str(ckpt))
+    bases = sorted(root.rglob("spectra_base.csv"))
+    reference = pd.read_csv(bases[0])
+    for path in bases:
+        path.unlink()
+    calls = []
+
+    def fake_analyze(path):
+        calls.append(path)
+        return reference
+
+    col = collect(root, analyze=fake_analyze)
+    assert calls == [str(ckpt)]
+    assert col.skipped.empty and len(col.runs) == 10
+    rep = report.build(col)
+    assert (rep.layers.loc[rep.layers.arm == "baseline", "D_log_norm"] == 0).all()
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    missing = subprocess.run([sys.executable, "-m", "wdiv.report", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0 and "nope" in missing.stderr
+    root = tmp_path / "empty"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "run.json").write_text('{"status": "running", "arm": "baseline", "seed": 0}')
+    empty = subprocess.run([sys.executable, "-m", "wdiv.report", str(root)], capture_output=True, text=True)
+    assert empty.returncode == 1 and "no complete analysed run" in empty.stderr
+    assert "status=running" in (root / "report" / "summary.md").read_text()
+
+
+def test_esd_overlay_reads_both_checkpoints(tmp_path):
+    pytest.importorskip("wdiv.spectral.weights")
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    def weights(seed):
+        g = torch.Generator().manual_seed(seed)
+        return {"blocks.0.mlp.fc1.weight": torch.randn(128, 32, generator=g), "head.weight": torch.randn(5, 32, generator=g)}
+
+    ckpt = tmp_path / "pretrained.safetensors"
+    save_file(weights(0), str(ckpt))
+    root = make_study(tmp_path / "runs", extras=False, pretrained=str(ckpt))
+    for i, run_json in enumerate(sorted(root.rglob("run.json"))):
+        save_file(weights(i + 1), str(run_json.parent / "model.safetensors"))
+    rep = report.build(__import__("wdiv.collect", fromlist=["collect"]).collect(root))
+    assert report.esd_figure(rep, None, None) is None  # default layer patch_embed.proj is not in these files
+    fig = report.esd_figure(rep, None, "blocks.0.mlp.fc1")
+    assert fig is not None
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert len(labels) == 3 and labels[0].startswith("pretrained") and "weight_decay/level0.001/seed0" in labels[1]
+    assert all("n=32" in label for label in labels)
