@@ -107,7 +107,7 @@ def test_measure_augmentation_lowers_fidelity_and_is_seeded():
     real = _toy()
     noise = lambda img: (img.float() / 255 + 0.3 * torch.randn(img.shape)).clamp(0, 1)  # noqa: E731
     enc = pre_logits_encoder(_encoder(), mean=(0.5,) * 3, std=(0.25,) * 3)
-    kw = dict(real=real, train=real, transform=noise, encoder=enc, cfg={"sample_size": 30, "draws": 2})
+    kw = dict(real=real, train=real, transform=noise, encoder=enc, cfg={"sample_size": 30, "draws": 2})  # 2 draws: n = 60
     a = measure_training_set(seed=0, **kw)
     b = measure_training_set(seed=0, **kw)
     c = measure_training_set(seed=1, **kw)
@@ -123,9 +123,12 @@ def test_measure_add_uses_only_appended_rows_for_fidelity():
     # even though the appended rows are not the same as the first rows.
     train = _Images(torch.cat([real.images, real.images.flip(0)]), torch.cat([real.labels, real.labels.flip(0)]))
     train.real_index = np.concatenate([np.arange(30), np.arange(30)[::-1]])
-    train.fidelity_rows = np.r_[np.zeros(30, bool), np.ones(30, bool)]
+    train.fidelity_rows = train.is_synthetic = np.r_[np.zeros(30, bool), np.ones(30, bool)]
     out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={}, seed=0)
     assert out["rho"] == pytest.approx(1.0)
+    train.real_index = np.arange(60) % 30  # misaligned: each appended row compared with another image
+    out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={}, seed=0)
+    assert out["rho"] < 0.99
     # a pixel-only measurement when no encoder is available
     out = measure_training_set(real=real, train=train, transform=None, encoder=None, cfg={}, seed=0)
     assert out["vendi_embed"] is None and out["rho"] is None and out["vendi_pixel"] > 1

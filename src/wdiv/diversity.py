@@ -13,7 +13,8 @@ The study's diversity metric (Friedman & Dieng's Vendi score) and its fidelity d
   synthetic images standing in for them), and ``weighted_vs = vendi_embed * rho``.
 
 How rows are aligned: row i of the training set stands for ``train.real_index[i]`` of the real
-set (identity when the training set has no such attribute and is as long as the real one). A
+set (identity when the training set has no such attribute and is as long as the real one;
+``train.is_synthetic`` marks generated rows, none by default). A
 synthetic image replacing a real one (``replace``) stands for that image; an appended synthetic
 image (``add``/``filtered``) stands for a real image of the same class, chosen by seed. Rho is
 taken over ``train.fidelity_rows`` (all rows by default; only the appended rows for ``add``).
@@ -37,7 +38,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]
 
 DEFAULTS: dict[str, Any] = {
     "sample_size": 500,  # training rows measured; bounds the cost on big sets
-    "draws": 2,  # augmented draws per sampled row (1 when the arm has no augmentation)
+    "draws": 1,  # augmented draws per sampled row: 1 keeps n equal across arms (cheapest)
     "pixel_size": 32,  # images are resized to this square before the pixel VS
     "batch_size": 256,
     "encoder": None,  # None: the run's starting model; else a timm model name
@@ -213,6 +214,7 @@ def measure_training_set(
     real_index = np.asarray(getattr(train, "real_index", np.arange(n_train)))
     if len(real_index) != n_train or (real_index.max(initial=0) >= len(real)):
         raise ValueError("diversity: train has no real_index aligning its rows with the real set")
+    is_syn = np.asarray(getattr(train, "is_synthetic", np.zeros(n_train, dtype=bool)), dtype=bool)
     fid_mask = np.asarray(getattr(train, "fidelity_rows", np.ones(n_train, dtype=bool)), dtype=bool)
     if fid_mask.all():
         rho_rows = vs_rows
@@ -242,8 +244,12 @@ def measure_training_set(
         emb = [embed(enc, m, bs) for m in modified]
         result["vendi_embed"] = vendi_score(torch.cat([e[where_vs] for e in emb]))
         if len(rho_rows):
-            real_emb = embed(enc, _stack(real, real_index[rho_rows]), bs)
             mod_emb = torch.cat([e[where_rho] for e in emb])
+            real_emb = emb[0][where_rho].clone()
+            # real rows seen without augmentation are their own reference: embed only the others
+            redo = np.ones(len(rho_rows), dtype=bool) if transform is not None else is_syn[rho_rows]
+            if redo.any():
+                real_emb[torch.from_numpy(redo)] = embed(enc, _stack(real, real_index[rho_rows[redo]]), bs)
             result["rho"] = fidelity(real_emb.repeat(draws, 1), mod_emb)
             result["weighted_vs"] = result["vendi_embed"] * result["rho"]
     log.info(
