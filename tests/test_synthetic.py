@@ -175,7 +175,7 @@ def test_folder_round_trip_and_errors(tmp_path):
         assert same.any() and set(real.labels[same].tolist()) == {int(y)}
     with pytest.raises(ValueError, match="synth.generator.root: .* has 30 images, 60 needed"):
         build_synthetic_train(real, {"mode": "add", "p": 2.0, "generator": {"name": "folder", "root": str(root)}}, seed=0)
-    with pytest.raises(FileNotFoundError, match="synth.generator.root"):
+    with pytest.raises(ValueError, match="synth.generator.root: no such directory"):
         FolderGenerator({"name": "folder", "root": str(tmp_path / "missing")})
 
 
@@ -223,7 +223,7 @@ def test_stable_diffusion_path_with_stand_in_pipeline(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("diffusers") is not None, reason="diffusers installed")
 def test_stable_diffusion_without_diffusers_says_which_extra():
     gen = StableDiffusionGenerator({"name": "stable_diffusion", "class_names": ["a"]})
-    with pytest.raises(ImportError, match=r"wdiv\[gen\]"):
+    with pytest.raises(ValueError, match=r"synth.generator.name=stable_diffusion needs diffusers: .*wdiv\[gen\]"):
         gen.generate([1], seed=0)
 
 

@@ -110,17 +110,21 @@ def pre_logits_encoder(
     model: torch.nn.Module,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    size: int | None = None,
 ) -> Encoder:
-    """Encoder from a classifier: normalise, then take the features the head would see.
+    """Encoder from a classifier: resize, normalise, then take the features the head would see.
 
     timm models expose ``forward_features`` + ``forward_head(pre_logits=True)``; any other module
-    is used as is. ``mean``/``std`` default to the model's timm ``pretrained_cfg``.
+    is used as is. ``mean``/``std`` default to the model's timm ``pretrained_cfg``; ``size``
+    (the model's input size) resizes other images first.
     """
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     mean_t = torch.tensor(mean if mean is not None else pcfg.get("mean", (0.0, 0.0, 0.0)))
     std_t = torch.tensor(std if std is not None else pcfg.get("std", (1.0, 1.0, 1.0)))
 
     def encode(x: torch.Tensor) -> torch.Tensor:
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = (x - mean_t.view(1, -1, 1, 1).to(x)) / std_t.view(1, -1, 1, 1).to(x)
         if hasattr(model, "forward_features") and hasattr(model, "forward_head"):
             return model.forward_head(model.forward_features(x), pre_logits=True)

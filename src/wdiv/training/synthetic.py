@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wdiv.training.errors import ConfigError
 from wdiv.training.generators import cached_generate, make_generator
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,9 @@ def build_synthetic_train(
     cfg = _plain(synth_cfg)
     mode, p = cfg.get("mode"), cfg.get("p")
     if mode not in MODES:
-        raise ValueError(f"synth.mode: unknown mode {mode!r} (known: none, {', '.join(MODES)})")
+        raise ConfigError(f"synth.mode: unknown mode {mode!r} (known: none, {', '.join(MODES)})")
     if p is None or not 0.0 <= float(p) <= (1.0 if mode == "replace" else math.inf):
-        raise ValueError(f"synth.p: {p!r} out of range for mode {mode} (replace: 0..1, add/filtered: >= 0)")
+        raise ConfigError(f"synth.p: {p!r} out of range for mode {mode} (replace: 0..1, add/filtered: >= 0)")
     p = float(p)
     images, labels = _materialise(real_train)
     k = int(num_classes or int(labels.max()) + 1)
@@ -104,13 +105,10 @@ def build_synthetic_train(
 
 
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf
 
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from wdiv.training.errors import ConfigError
+
 
 class Generator(ABC):
     """A class-conditional image source.
@@ -59,5 +61,5 @@ def make_generator(cfg: Mapping[str, Any], **kwargs: Any) -> Generator:
     registry = _registry()
     name = cfg.get("name")
     if name not in registry:
-        raise ValueError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(registry)})")
+        raise ConfigError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(registry)})")
     return registry[name](cfg, **kwargs)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from wdiv.training.errors import ConfigError
 from wdiv.training.generators.base import Generator
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
@@ -30,10 +31,10 @@ class FolderGenerator(Generator):
     def __init__(self, cfg: Any):
         super().__init__(cfg)
         if self.cfg.get("root") in (None, "", "???"):
-            raise ValueError("synth.generator.root: the folder generator needs a root directory")
+            raise ConfigError("synth.generator.root: the folder generator needs a root directory")
         self.root = Path(os.path.expanduser(str(self.cfg["root"])))
         if not self.root.is_dir():
-            raise FileNotFoundError(f"synth.generator.root: no such directory: {self.root}")
+            raise ConfigError(f"synth.generator.root: no such directory: {self.root}")
 
     def class_dir(self, c: int) -> Path:
         candidates = [str(c)]
@@ -44,7 +45,7 @@ class FolderGenerator(Generator):
         for name in candidates:
             if (self.root / name).is_dir():
                 return self.root / name
-        raise FileNotFoundError(f"synth.generator.root: no directory for class {c} ({' or '.join(candidates)}) in {self.root}")
+        raise ConfigError(f"synth.generator.root: no directory for class {c} ({' or '.join(candidates)}) in {self.root}")
 
     def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
@@ -54,7 +55,7 @@ class FolderGenerator(Generator):
             d = self.class_dir(c)
             files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if len(files) < count:
-                raise ValueError(f"synth.generator.root: {d} has {len(files)} images, {count} needed")
+                raise ConfigError(f"synth.generator.root: {d} has {len(files)} images, {count} needed")
             chosen = np.random.default_rng([seed, c]).permutation(len(files))[:count]
             images += [_read_rgb(files[i]) for i in sorted(chosen)]
             labels += [c] * int(count)

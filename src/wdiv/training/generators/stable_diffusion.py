@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from wdiv.training.errors import ConfigError
 from wdiv.training.generators.base import Generator
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class StableDiffusionGenerator(Generator):
             try:
                 from diffusers import AutoPipelineForText2Image
             except ImportError as e:
-                raise ImportError(
+                raise ConfigError(
                     "synth.generator.name=stable_diffusion needs diffusers: pip install 'wdiv[gen]'"
                 ) from e
             dtype = getattr(torch, str(self.cfg["dtype"])) if self.device != "cpu" else torch.float32
@@ -70,7 +71,7 @@ class StableDiffusionGenerator(Generator):
             return str(self.cfg["prompts"][c])
         names = self.cfg["class_names"] or self.class_names
         if not names:
-            raise ValueError("synth.generator.class_names: the prompts need class names")
+            raise ConfigError("synth.generator.class_names: the prompts need class names")
         return str(self.cfg["prompt"]).format(name=names[c])
 
     def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
