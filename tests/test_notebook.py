@@ -1,0 +1,40 @@
+"""notebooks/weight_landscape.ipynb: committed without outputs, and runs on a report's tables."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from _fake_study import make_study
+from wdiv import report
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "weight_landscape.ipynb"
+
+
+def test_committed_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+
+
+def execute_notebook(report_dir: Path, monkeypatch, workdir: Path) -> nbformat.NotebookNode:
+    """Run the notebook in a fresh kernel against report_dir; returns the executed copy."""
+    nbclient = pytest.importorskip("nbclient")
+    monkeypatch.setenv("WDIV_REPORT_DIR", str(report_dir))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbclient.NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
+
+
+def _outputs(nb, mime):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})]
+
+
+def test_notebook_runs_on_a_generated_study(tmp_path, monkeypatch):
+    root = make_study(tmp_path / "runs", diversity=True)
+    assert report.main([str(root), "--no-figures"]) == 0
+    nb = execute_notebook(root / "report", monkeypatch, tmp_path)
+    assert len(_outputs(nb, "image/png")) >= 6  # dM, three D-vs-level, per-layer, accuracy-vs-diversity
+    assert any("falls monotonically" in o["data"]["text/markdown"] for o in _outputs(nb, "text/markdown"))
