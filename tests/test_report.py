@@ -79,6 +79,14 @@ def test_category_ci_matches_scipy_from_layers_csv(study):
     seeds = {a: t["runs"][t["runs"].arm == a].groupby("seed")["mean_D_log_norm"].mean() for a in ("dropout", "weight_decay")}
     anova = t["anova"][(t["anova"].metric == "log_norm") & (t["anova"].samples == compare.SEED_SAMPLES)].iloc[0]
     assert anova["p"] == pytest.approx(stats.f_oneway(*seeds.values()).pvalue, rel=1e-9)
+    # published variant beside it: one sample per layer (seed-averaged), n = layers, labelled
+    lay = t["layers"][t["layers"].run_id.isin(wd.index)].groupby("longname")["D_log_norm"].mean().to_numpy()
+    lo, hi = stats.t.interval(0.95, len(lay) - 1, loc=lay.mean(), scale=stats.sem(lay))
+    assert row["published_n_layers"] == len(lay) == 7
+    assert (row["published_ci_low_D"], row["published_ci_high_D"]) == pytest.approx((lo, hi), rel=1e-9)
+    pooled = t["categories"][(t["categories"].category == "weight_decay") & (t["categories"].metric == "log_norm")
+                             & (t["categories"].level.astype(str) == "all")].iloc[0]
+    assert pooled["anova_p_seeds"] == pytest.approx(anova["p"], rel=1e-12)
 
 
 def test_skipped_runs_are_listed_and_never_averaged(study):

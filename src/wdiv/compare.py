@@ -193,11 +193,16 @@ def _level_label(level) -> str:
     return str(level)
 
 
-def level_summary(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+def level_summary(
+    runs: pd.DataFrame, metrics: list[str], layers: pd.DataFrame | None = None, anova: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """categories.csv: category x variant x level x metric, seeds as samples.
 
     Each seed contributes its run's layer-mean D (and dM); rows with level 'all' pool every level
     of the category per seed first (mean over that seed's runs), so n stays the number of seeds.
+    With `layers`, the published layers-as-samples interval sits beside it in `published_*`
+    columns (one sample per configuration and layer, averaged over seeds); with `anova`, the
+    'all' rows carry the across-category ANOVA p-values of both schemes.
     """
     rows = []
     frame = runs.copy()
@@ -205,17 +210,45 @@ def level_summary(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     frame["level_label"] = frame["level"].map(_level_label)
     for (arm, variant, label), grp in frame.groupby(["arm", "variant", "level_label"], sort=False, dropna=False):
         for m in metrics:
-            rows.append(_summary_row(arm, variant, grp["level"].iloc[0], grp["level_index"].iloc[0], m, grp))
+            row = _summary_row(arm, variant, grp["level"].iloc[0], grp["level_index"].iloc[0], m, grp)
+            rows.append(row | _published_columns(layers, grp["run_id"], m))
     for arm, grp in frame[frame["arm"] != BASELINE].groupby("arm", sort=False):
         per_seed = grp.groupby("seed")[[c for m in metrics for c in (f"mean_D_{m}", f"mean_dM_{m}")]].mean()
         for m in metrics:
-            rows.append(_summary_row(arm, "", "all", np.nan, m, per_seed))
+            row = _summary_row(arm, "", "all", np.nan, m, per_seed)
+            rows.append(row | _published_columns(layers, grp["run_id"], m) | _anova_columns(anova, m))
     out = pd.DataFrame(rows)
     order = {a: i for i, a in enumerate([BASELINE, "dropout", "weight_decay", "augment", "synthetic"])}
     out["_arm_order"] = out["category"].map(lambda a: order.get(a, len(order)))
     out["_all"] = out["level"].astype(str) == "all"
     out = out.sort_values(["_arm_order", "category", "_all", "variant", "level_index"], kind="stable")
     return out.drop(columns=["_arm_order", "_all"]).reset_index(drop=True)
+
+
+def layer_samples(layers: pd.DataFrame, metric: str) -> np.ndarray:
+    """The published samples: D per (configuration, layer), averaged over seeds."""
+    keys = ["arm", "variant", "level_index", "longname", "slice_index"]
+    frame = layers.assign(variant=layers["variant"].map(_level_label))
+    return frame.groupby(keys, dropna=False)[f"D_{metric}"].mean().dropna().to_numpy(dtype=float)
+
+
+def _published_columns(layers: pd.DataFrame | None, run_ids: pd.Series, metric: str) -> dict:
+    if layers is None:
+        return {}
+    ci = t_interval(layer_samples(layers[layers["run_id"].isin(set(run_ids))], metric))
+    return {
+        "published_mean_D": ci["mean"],
+        "published_ci_low_D": ci["ci_low"],
+        "published_ci_high_D": ci["ci_high"],
+        "published_n_layers": ci["n"],
+    }
+
+
+def _anova_columns(anova: pd.DataFrame | None, metric: str) -> dict:
+    if anova is None:
+        return {}
+    rows = anova[anova["metric"] == metric].set_index("samples")["p"]
+    return {"anova_p_seeds": rows.get(SEED_SAMPLES, math.nan), "anova_p_published": rows.get(LAYER_SAMPLES, math.nan)}
 
 
 def _summary_row(arm, variant, level, level_index, metric, grp) -> dict:
@@ -244,14 +277,10 @@ def _category_samples(runs: pd.DataFrame, layers: pd.DataFrame, metric: str) -> 
     """Samples per category under both schemes: per-seed means, and per (config, layer) values."""
     samples: dict[str, dict[str, np.ndarray]] = {SEED_SAMPLES: {}, LAYER_SAMPLES: {}}
     arms = [a for a in runs["arm"].unique() if a != BASELINE]
-    config_cols = ["arm", "variant", "level_index", "longname", "slice_index"]
-    lay = layers.copy()
-    lay["variant"] = lay["variant"].map(_level_label)
     for arm in arms:
         per_seed = runs[runs["arm"] == arm].groupby("seed")[f"mean_D_{metric}"].mean().dropna()
         samples[SEED_SAMPLES][arm] = per_seed.to_numpy(dtype=float)
-        per_layer = lay[lay["arm"] == arm].groupby(config_cols, dropna=False)[f"D_{metric}"].mean().dropna()
-        samples[LAYER_SAMPLES][arm] = per_layer.to_numpy(dtype=float)
+        samples[LAYER_SAMPLES][arm] = layer_samples(layers[layers["arm"] == arm], metric)
     return samples
 
 

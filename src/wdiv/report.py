@@ -108,7 +108,7 @@ def build(collection: Collection) -> Report:
     return Report(
         runs=runs,
         layers=layers,
-        categories=compare.level_summary(runs, metrics),
+        categories=compare.level_summary(runs, metrics, layers, anova),
         anova=anova,
         pairwise=pairwise,
         trend=compare.level_trend(runs, metrics),
