@@ -50,20 +50,19 @@ def vendi_score(X: np.ndarray | torch.Tensor) -> float:
     """Vendi score of the rows of ``X`` under the cosine kernel.
 
     The nonzero eigenvalues of ``K / n = Xn Xn^T / n`` equal those of ``Xn^T Xn / n`` (d x d), so
-    the smaller of the two Gram matrices is decomposed. Rows must have nonzero norm.
+    the smaller of the two Gram matrices is decomposed (float64, torch: it honours the run's
+    ``torch.set_num_threads``). Rows must have nonzero norm.
     """
-    X = np.asarray(X.detach().cpu() if isinstance(X, torch.Tensor) else X, dtype=np.float64)
+    X = torch.as_tensor(X).detach().to("cpu", torch.float64)
     if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"vendi_score: need a non-empty 2-D matrix, got shape {X.shape}")
-    norms = np.linalg.norm(X, axis=1)
-    if not np.all(norms > 0):
-        raise ValueError(
-            f"vendi_score: {int(np.sum(norms == 0))} rows have zero norm (cosine undefined)"
-        )
+        raise ValueError(f"vendi_score: need a non-empty 2-D matrix, got shape {tuple(X.shape)}")
+    norms = torch.linalg.vector_norm(X, dim=1)
+    if not bool((norms > 0).all()):
+        raise ValueError(f"vendi_score: {int((norms == 0).sum())} rows have zero norm (cosine undefined)")
     Xn = X / norms[:, None]
     n, d = Xn.shape
     gram = Xn @ Xn.T if n <= d else Xn.T @ Xn
-    return float(np.exp(_entropy(np.linalg.eigvalsh(gram / n))))
+    return float(np.exp(_entropy(torch.linalg.eigvalsh(gram / n).numpy())))
 
 
 def _entropy(eigenvalues: np.ndarray) -> float:

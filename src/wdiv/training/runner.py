@@ -189,13 +189,15 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     eval_tf = build_transform(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=False)
 
     if cfg.get("diversity") is not None and cfg.diversity.get("compute"):
-        from wdiv.diversity import measure_training_set
+        from wdiv.diversity import measure_training_set, pre_logits_encoder
 
+        augmented = str(cfg.aug.policy) not in ("none", "")
         info["diversity"] = measure_training_set(
             real=splits.real_train if splits.real_train is not None else splits.train,
             train=splits.train,
-            transform=train_tf,
-            encoder=models.embedder(model),
+            # the train-time augmentation on [0, 1] pixels (identity normalisation)
+            transform=build_transform(cfg.aug, mean=[0.0] * len(mean), std=[1.0] * len(std), size=size, raw_size=splits.image_size, train=True) if augmented else None,
+            encoder=pre_logits_encoder(model, mean, std, size=size),
             cfg=cfg.diversity,
             seed=seed,
         )
