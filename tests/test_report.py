@@ -187,3 +187,10 @@ def test_esd_overlay_reads_both_checkpoints(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 3 and labels[0].startswith("pretrained") and "weight_decay/level0.001/seed0" in labels[1]
     assert all("n=32" in label for label in labels)
+    # the overlay shows the eigenvalues the spectral engine fits: same count and lambda_max
+    from wdiv.spectral import analyze
+
+    table = analyze(str(ckpt)).set_index("longname")
+    ev = report.layer_eigenvalues(ckpt, "blocks.0.mlp.fc1")
+    assert len(ev) == table.loc["blocks.0.mlp.fc1", "num_evals"]
+    assert ev.max() == pytest.approx(table.loc["blocks.0.mlp.fc1", "lambda_max"], rel=1e-12)

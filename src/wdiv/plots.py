@@ -109,13 +109,18 @@ def accuracy_vs_diversity(runs: pd.DataFrame, x: str = "diversity_weighted_vs") 
     return fig
 
 
-def esd_overlay(esds: Mapping[str, np.ndarray], title: str = "", bins: int = 60) -> Figure:
-    """Log-log histograms (densities on log-spaced bins) of several ESDs of one layer."""
+def esd_overlay(esds: Mapping[str, np.ndarray], title: str = "", bins: int | None = None) -> Figure:
+    """Log-log histograms (densities on log-spaced bins) of several ESDs of one layer.
+
+    Default bins: about 2 sqrt(n) for the smallest ESD, between 10 and 80, so small layers do not
+    dissolve into single-count bars."""
     fig, axes = _figure(1, 1, width=5.5, height=4.0)
     ax = axes[0, 0]
     positive = [np.asarray(ev, dtype=float)[np.asarray(ev) > 0] for ev in esds.values()]
     lo = min(ev.min() for ev in positive if ev.size)
     hi = max(ev.max() for ev in positive if ev.size)
+    if bins is None:
+        bins = int(np.clip(2 * np.sqrt(min(ev.size for ev in positive)), 10, 80))
     edges = np.logspace(np.log10(lo), np.log10(hi), bins + 1)
     for (label, _), ev in zip(esds.items(), positive):
         ax.hist(ev, bins=edges, density=True, histtype="step", lw=1.5, label=f"{label} (n={ev.size})")
