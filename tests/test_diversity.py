@@ -126,9 +126,13 @@ def test_measure_add_uses_only_appended_rows_for_fidelity():
     train.fidelity_rows = train.is_synthetic = np.r_[np.zeros(30, bool), np.ones(30, bool)]
     out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={}, seed=0)
     assert out["rho"] == pytest.approx(1.0)
-    train.real_index = np.arange(60) % 30  # misaligned: each appended row compared with another image
-    out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={}, seed=0)
+    # misaligned index: each appended row stands for another image; index alignment sees it,
+    # nearest-neighbour alignment finds each copy's own original (a perfect "generator")
+    train.real_index = np.arange(60) % 30
+    out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={"align": "index"}, seed=0)
     assert out["rho"] < 0.99
+    out = measure_training_set(real=real, train=train, transform=None, encoder=_encoder(), cfg={"align": "nearest"}, seed=0)
+    assert out["rho"] == pytest.approx(1.0)
     # a pixel-only measurement when no encoder is available
     out = measure_training_set(real=real, train=train, transform=None, encoder=None, cfg={}, seed=0)
     assert out["vendi_embed"] is None and out["rho"] is None and out["vendi_pixel"] > 1

@@ -12,12 +12,14 @@ The study's diversity metric (Friedman & Dieng's Vendi score) and its fidelity d
   embedding matrices of the real rows and their modified versions (augmented draws, or the
   synthetic images standing in for them), and ``weighted_vs = vendi_embed * rho``.
 
-How rows are aligned: row i of the training set stands for ``train.real_index[i]`` of the real
-set (identity when the training set has no such attribute and is as long as the real one;
-``train.is_synthetic`` marks generated rows, none by default). A
-synthetic image replacing a real one (``replace``) stands for that image; an appended synthetic
-image (``add``/``filtered``) stands for a real image of the same class, chosen by seed. Rho is
-taken over ``train.fidelity_rows`` (all rows by default; only the appended rows for ``add``).
+How rows are aligned. A real row (possibly augmented) is compared with its own un-augmented
+image: row i is ``real[train.real_index[i]]`` (identity when the training set has no such
+attribute). A generated row (``train.is_synthetic``) has no real original; with
+``align: nearest`` (default) it is compared with the most cosine-similar real image of its class
+(in embedding space, among up to ``align_pool`` real images drawn by seed), so a generator that
+reproduced real images would score 1; ``align: index`` uses ``train.real_index`` instead (the
+replaced image for ``replace``, a seeded same-class image for ``add``). Rho is taken over
+``train.fidelity_rows``: all rows by default, only the appended rows for ``add``/``filtered``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 256,
     "encoder": None,  # None: the run's starting model; else a timm model name
     "encoder_pretrained": True,  # for a named timm encoder (needs its weights cached or a hub)
+    "align": "nearest",  # generated rows' real reference: nearest same-class real image | index
+    "align_pool": 1000,  # real images searched for the nearest one
 }
 
 
@@ -177,6 +181,38 @@ def _stack(dataset: Any, indices: np.ndarray) -> torch.Tensor:
     return torch.stack([dataset[int(i)][0] for i in indices])
 
 
+def _labels(dataset: Any, indices: np.ndarray) -> torch.Tensor:
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, torch.Tensor) and len(labels) == len(dataset):
+        return labels[torch.as_tensor(indices, dtype=torch.long)]
+    return torch.tensor([int(dataset[int(i)][1]) for i in indices], dtype=torch.long)
+
+
+def _references(enc, real, train, rows, real_index, is_syn, first_draw, augmented, opts, rng) -> torch.Tensor:
+    """Embeddings of the real image each measured row is compared with (row-aligned, see above)."""
+    bs = int(opts["batch_size"])
+    ref = first_draw.clone()  # an un-augmented real row is its own reference
+    syn = is_syn[rows]
+    own = ~syn if augmented else np.zeros(len(rows), dtype=bool)
+    by_index = syn if opts["align"] == "index" else np.zeros(len(rows), dtype=bool)
+    if opts["align"] not in ("nearest", "index"):
+        raise ValueError(f"diversity.align: {opts['align']!r} is not nearest or index")
+    if opts["align"] == "nearest" and syn.any():
+        pool = np.sort(rng.choice(len(real), size=min(int(opts["align_pool"]), len(real)), replace=False))
+        pool_emb = F.normalize(embed(enc, _stack(real, pool), bs), dim=1)
+        pool_lab = _labels(real, pool)
+        sims = F.normalize(first_draw[torch.from_numpy(syn)], dim=1) @ pool_emb.T
+        same = _labels(train, rows[syn])[:, None] == pool_lab[None, :]
+        best = sims.masked_fill(~same, -torch.inf).argmax(1)
+        found = same.any(1)
+        ref[torch.from_numpy(np.flatnonzero(syn)[found.numpy()])] = embed(enc, _stack(real, pool[best[found].numpy()]), bs)
+        by_index[np.flatnonzero(syn)[~found.numpy()]] = True  # no real image of that class in the pool
+    redo = own | by_index
+    if redo.any():
+        ref[torch.from_numpy(redo)] = embed(enc, _stack(real, real_index[rows[redo]]), bs)
+    return ref
+
+
 def _apply(transform: Callable | None, images: torch.Tensor, seed: int, draw: int) -> torch.Tensor:
     """One seeded augmented draw, without disturbing the caller's global RNG streams."""
     if transform is None:
@@ -248,12 +284,8 @@ def measure_training_set(
         result["vendi_embed"] = vendi_score(torch.cat([e[where_vs] for e in emb]))
         if len(rho_rows):
             mod_emb = torch.cat([e[where_rho] for e in emb])
-            real_emb = emb[0][where_rho].clone()
-            # real rows seen without augmentation are their own reference: embed only the others
-            redo = np.ones(len(rho_rows), dtype=bool) if transform is not None else is_syn[rho_rows]
-            if redo.any():
-                real_emb[torch.from_numpy(redo)] = embed(enc, _stack(real, real_index[rho_rows[redo]]), bs)
-            result["rho"] = fidelity(real_emb.repeat(draws, 1), mod_emb)
+            ref = _references(enc, real, train, rho_rows, real_index, is_syn, emb[0][where_rho], transform is not None, opts, rng)
+            result["rho"] = fidelity(ref.repeat(draws, 1), mod_emb)
             result["weighted_vs"] = result["vendi_embed"] * result["rho"]
     log.info(
         "diversity: vendi_pixel=%.2f vendi_embed=%s rho=%s on %d rows (%.2fs)",
