@@ -12,9 +12,7 @@ from torch import nn
 import wdiv.analyze as cli
 from wdiv.spectral import analyze
 
-from _metrics_stub import install_if_missing
 
-install_if_missing()
 
 
 class Net(nn.Module):

@@ -7,9 +7,7 @@ from safetensors.torch import save_file
 
 import wdiv.analyze as cli
 
-from _metrics_stub import install_if_missing
 
-install_if_missing()
 
 
 def _save(sd, path):

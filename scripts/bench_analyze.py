@@ -1,0 +1,99 @@
+"""wdiv.analyze vs WeightWatcher vs the eigensolver floor, in one process.
+
+For each random-init timm model: WeightWatcher analyze() with its defaults, WeightWatcher
+analyze(mp_fit=True) (the study's setting), wdiv's analyze() with its full default metric set
+(MP fit included), and the floor = float64 eigvalsh of the Gram matrix of every matrix wdiv
+analyses, nothing else. Prints the three ratios per model.
+Targets: wdiv/floor <= 1.5, WW(mp_fit)/wdiv >= 20, WW(default)/wdiv >= 3.
+
+    python scripts/bench_analyze.py                      # the three models
+    python scripts/bench_analyze.py --models resnet50 --skip-ww   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import time
+import warnings
+
+import torch
+
+MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "resnet50"]
+
+
+def best_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+@contextlib.contextmanager
+def silenced():
+    logging.disable(logging.CRITICAL)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def floor_fn(model):
+    """The eigensolver floor: float64 eigvalsh of W^T W for every matrix wdiv analyses."""
+    from wdiv.spectral.weights import open_weights, select_layers, to_matrices
+
+    src = open_weights(model)
+    mats = [m for spec in select_layers(src) for m in to_matrices(spec, src.tensor(spec.key))]
+
+    def run():
+        for w in mats:
+            x = w.to(torch.float64)
+            if x.shape[0] < x.shape[1]:
+                x = x.T
+            torch.linalg.eigvalsh(x.T @ x)
+
+    return run, len(mats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--skip-ww", action="store_true", help="skip WeightWatcher (quick checks)")
+    ap.add_argument("--repeat", type=int, default=3, help="wdiv/floor timings: best of N")
+    args = ap.parse_args()
+
+    import timm
+
+    from wdiv.spectral import analyze
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = f"{'model':24s} {'layers':>6s} {'WW':>8s} {'WW(mp)':>8s} {'wdiv':>7s} {'floor':>7s}  {'wdiv/floor':>10s} {'WW(mp)/wdiv':>11s} {'WW/wdiv':>8s}"
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False).eval()
+        floor, n_mats = floor_fn(model)
+        t_floor = best_time(floor, args.repeat)
+        t_wdiv = best_time(lambda: analyze(model), args.repeat)
+        n_layers = len(analyze(model))
+        t_ww = t_ww_mp = float("nan")
+        if not args.skip_ww:
+            import weightwatcher as ww
+
+            with silenced():
+                t_ww = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 1)
+                t_ww_mp = best_time(lambda: ww.WeightWatcher(model=model).analyze(mp_fit=True), 1)
+        rows.append(f"{name:24s} {n_layers:6d} {t_ww:8.2f} {t_ww_mp:8.2f} {t_wdiv:7.2f} {t_floor:7.2f}  "
+                    f"{t_wdiv / t_floor:10.2f} {t_ww_mp / t_wdiv:11.1f} {t_ww / t_wdiv:8.1f}")
+        print(header if len(rows) == 1 else "", rows[-1], sep="\n" if len(rows) == 1 else "", flush=True)
+    print("seconds; targets: wdiv/floor <= 1.5, WW(mp)/wdiv >= 20, WW/wdiv >= 3")
+
+
+if __name__ == "__main__":
+    main()
