@@ -270,7 +270,7 @@ def powerlaw_package_fit(data: np.ndarray, *, xmax: float | None = None) -> dict
     sink = io.StringIO()
     with redirect_stdout(sink), redirect_stderr(sink), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = powerlaw.Fit(data, xmax=xmax, verbose=False, distribution="power_law",
+        fit = powerlaw.Fit(data, xmax=xmax, verbose=False,
                            xmin_distribution="power_law")
         alpha, xmin, d, sigma = fit.alpha, fit.xmin, fit.D, fit.sigma
     if alpha is None or not np.isfinite(alpha):
