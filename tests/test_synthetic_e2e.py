@@ -1,0 +1,64 @@
+"""The synthetic arm through the real CLI: grid composition, run.json synth + diversity, bad keys."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from wdiv.train import CONFIG_DIR
+
+TINY = ["model=vit_micro", "trainer.epochs=1", "trainer.progress=false"]
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "wdiv.train", *args], cwd=cwd, capture_output=True, text=True, env=os.environ.copy())
+
+
+def test_multirun_grid_is_amount_x_mode():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        full = compose("train", overrides=["+exp=synthetic"], return_hydra_config=True)
+        params = {k: str(v).split(",") for k, v in full.hydra.sweeper.params.items()}
+        assert params == {"synth.mode": ["replace", "add", "filtered"], "level": ["0.1", "0.3", "0.5", "0.7", "0.9", "1.0"]}
+        tags = set()
+        for mode, level in itertools.product(*params.values()):
+            cfg = compose("train", overrides=["+exp=synthetic", f"synth.mode={mode}", f"level={level}"])
+            assert (cfg.arm, cfg.synth.mode, cfg.synth.p, cfg.synth.generator.name) == ("synthetic", mode, float(level), "pca_gmm")
+            tags.add(cfg.run_tag)
+        assert len(tags) == 18  # every cell has its own run directory
+        # another generator replaces the offline one from the command line
+        cfg = compose("train", overrides=["+exp=synthetic", "synth=folder", "synth.generator.root=/x"])
+        assert cfg.synth.generator.name == "folder" and cfg.synth.p == 0.5
+
+
+def test_synthetic_run_records_amount_mode_and_diversity(tmp_path):
+    proc = _cli("+exp=synthetic", *TINY, "synth.mode=filtered", "level=0.3", f"paths.runs_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "synthetic" / "filtered_p0.3" / "seed0" / "run.json").read_text())
+    assert info["status"] == "complete"
+    assert (info["arm"], info["level"], info["level_index"], info["variant"]) == ("synthetic", 0.3, 1, "filtered")
+    synth = info["synth"]
+    assert synth["mode"] == "filtered" and synth["p"] == 0.3 and synth["generator"] == "pca_gmm"
+    assert synth["n_synthetic"] == round(0.3 * synth["n_real"]) and synth["n_real"] > 100
+    div = info["diversity"]
+    assert set(div) == {"vendi_pixel", "vendi_embed", "rho", "weighted_vs", "n"}
+    assert div["n"] == min(500, synth["n_real"] + synth["n_synthetic"])
+    assert 1.0 < div["vendi_pixel"] < div["n"] and 1.0 < div["vendi_embed"] < div["n"]
+    assert 0.0 < div["rho"] <= 1.0 and math.isclose(div["weighted_vs"], div["vendi_embed"] * div["rho"])
+
+
+def test_bad_synth_mode_fails_the_run_naming_the_key(tmp_path):
+    from wdiv.training.errors import ConfigError  # the CLI turns it into one line and exit 2
+    from wdiv.training.runner import run
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["+exp=synthetic", *TINY, "synth.mode=double", "diversity.compute=false"])
+    with pytest.raises(ConfigError, match="synth.mode: unknown mode 'double'"):
+        run(cfg, tmp_path)
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
