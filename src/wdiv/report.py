@@ -250,9 +250,18 @@ def summary_markdown(report: Report, runs_dir: Path) -> str:
         "",
         markdown_table(accuracy_display(report.accuracy)),
     ]
-    diversity = report.correlations[report.correlations["x"].str.startswith("diversity_")]
-    if not diversity.empty:
-        lines += ["## Diversity vs accuracy (over runs)", "", markdown_table(diversity)]
+    wanted = {f"mean_{m}_ft" for m in key} | {f"mean_D_{m}" for m in ("log_norm", "alpha") if m in key}
+    corr = report.correlations
+    corr = corr[corr["x"].str.startswith("diversity_") | corr["x"].isin(wanted)]
+    if not corr.empty:
+        lines += [
+            "## Spectral metrics and diversity vs test / OOD accuracy (one sample per run; all of correlations.csv)",
+            "",
+            "Runs pool arms, levels and seeds: a seed-to-seed difference shared by every arm (e.g. a diversity "
+            "measured on a seed-dependent subsample) can drive these correlations on its own.",
+            "",
+            markdown_table(corr),
+        ]
     lines += ["## Skipped runs (not in any table or average)", "", markdown_table(report.skipped)]
     if not report.excluded_layers.empty:
         ex = report.excluded_layers.groupby(["longname", "reason"]).size().reset_index(name="runs")
