@@ -176,3 +176,14 @@ def test_accuracy_correlations_against_scipy():
     assert row["pearson_r"] == pytest.approx(ref.statistic)
     assert row["pearson_p"] == pytest.approx(ref.pvalue)
     assert row["n_runs"] == 4
+
+
+def test_several_baselines_for_one_key_are_reported():
+    runs = _runs([("baseline", None, 0, 0), ("dropout", 0.1, 1, 0)])
+    extra = _runs([("baseline", None, 0, 0)])
+    extra["run_id"] = "paper/default/seed0"
+    runs = pd.concat([runs, extra], ignore_index=True)
+    got = compare.match_baselines(runs)
+    assert got.iloc[1] == "baseline/None/0"  # first by run_id
+    (line,) = compare.baseline_conflicts(runs)
+    assert "2 baselines for seed=0" in line and "paper/default/seed0" in line and "D uses baseline/None/0" in line

@@ -194,3 +194,13 @@ def test_esd_overlay_reads_both_checkpoints(tmp_path):
     ev = report.layer_eigenvalues(ckpt, "blocks.0.mlp.fc1")
     assert len(ev) == table.loc["blocks.0.mlp.fc1", "num_evals"]
     assert ev.max() == pytest.approx(table.loc["blocks.0.mlp.fc1", "lambda_max"], rel=1e-12)
+
+
+def test_duplicate_baselines_are_noted_in_the_summary(tmp_path):
+    import shutil
+
+    root = make_study(tmp_path, seeds=(0,), extras=False)
+    shutil.copytree(root / "baseline" / "baseline" / "seed0", root / "paper" / "default" / "seed0")
+    assert report.main([str(root), "--no-figures"]) == 0
+    summary = (root / "report" / "summary.md").read_text()
+    assert "Note: 2 baselines for seed=0" in summary and "D uses baseline/baseline/seed0" in summary

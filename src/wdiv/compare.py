@@ -112,23 +112,37 @@ def layer_deltas(
     return out, excluded_df
 
 
+def _baseline_keys(runs: pd.DataFrame) -> tuple[list[str], pd.Series]:
+    keys = [k for k in BASELINE_KEYS if k in runs.columns]
+    return keys, runs[keys].astype(str).apply(tuple, axis=1)
+
+
 def match_baselines(runs: pd.DataFrame) -> pd.Series:
     """For each run, the run_id of its baseline (same seed, data, model, checkpoint) or NaN.
 
-    Several candidate baselines are ambiguous: the first by run_id is used and a warning logged.
+    Several candidate baselines are ambiguous: the first by run_id is used (see baseline_conflicts).
     """
-    keys = [k for k in BASELINE_KEYS if k in runs.columns]
-    key_frame = runs[keys].astype(str)
-    base_mask = runs["arm"] == BASELINE
+    keys, key_of = _baseline_keys(runs)
     lookup: dict[tuple, str] = {}
-    for idx in runs.index[base_mask].sort_values(key=lambda i: runs.loc[i, "run_id"]):
-        key = tuple(key_frame.loc[idx])
-        if key in lookup:
-            log.warning("several baselines for %s; using %s", dict(zip(keys, key)), lookup[key])
+    for idx in runs[runs["arm"] == BASELINE].sort_values("run_id").index:
+        if key_of[idx] in lookup:
+            log.warning("several baselines for %s; using %s", dict(zip(keys, key_of[idx])), lookup[key_of[idx]])
             continue
-        lookup[key] = runs.loc[idx, "run_id"]
-    matched = [lookup.get(tuple(key_frame.loc[i]), np.nan) for i in runs.index]
-    return pd.Series(matched, index=runs.index, name="baseline_run_id", dtype=object)
+        lookup[key_of[idx]] = runs.loc[idx, "run_id"]
+    return pd.Series([lookup.get(k, np.nan) for k in key_of], index=runs.index, name="baseline_run_id", dtype=object)
+
+
+def baseline_conflicts(runs: pd.DataFrame) -> list[str]:
+    """One line per (seed, data, model, checkpoint) that has more than one baseline run."""
+    keys, key_of = _baseline_keys(runs)
+    base = runs[runs["arm"] == BASELINE].assign(_key=key_of).sort_values("run_id")
+    lines = []
+    for key, grp in base.groupby("_key", sort=True):
+        if len(grp) > 1:
+            where = ", ".join(f"{k}={v}" for k, v in zip(keys, key))
+            ids = grp["run_id"].tolist()
+            lines.append(f"{len(ids)} baselines for {where}: {', '.join(ids)}; D uses {ids[0]}")
+    return lines
 
 
 def double_differences(layers: pd.DataFrame, runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

@@ -46,6 +46,7 @@ class Report:
     excluded_layers: pd.DataFrame
     statement: str
     metrics: list[str]
+    notes: list[str]
     run_dirs: dict[str, Path]
 
 
@@ -84,6 +85,7 @@ def build(collection: Collection) -> Report:
         raise NoRuns("no complete analysed run found")
     metrics = collection.metrics
     runs["baseline_run_id"] = compare.match_baselines(runs)
+    notes = compare.baseline_conflicts(runs)
     orphans = runs["baseline_run_id"].isna()
     skipped = collection.skipped
     if orphans.any():
@@ -118,6 +120,7 @@ def build(collection: Collection) -> Report:
         excluded_layers=excluded.reset_index(drop=True),
         statement=compare.monotonic_statement(runs),
         metrics=metrics,
+        notes=notes,
         run_dirs={k: v for k, v in collection.run_dirs.items() if k in keep},
     )
 
@@ -228,6 +231,8 @@ def summary_markdown(report: Report, runs_dir: Path) -> str:
         "## Runs used",
         "",
         markdown_table(counts),
+        *[f"- Note: {note}" for note in report.notes],
+        *([""] if report.notes else []),
         "## Mean D per category and level (layer mean per seed, then mean over seeds)",
         "",
         markdown_table(category_display(report.categories, key, "D")),
