@@ -88,11 +88,8 @@ def _encoder():
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 32))
 
 
-def test_measure_baseline_has_fidelity_one_and_keeps_rng():
+def test_measure_baseline_has_fidelity_one_and_restores_train_mode():
     real = _toy()
-    torch.manual_seed(123)
-    expected_next = torch.rand(1)
-    torch.manual_seed(123)
     enc = _encoder().train()
     out = measure_training_set(real=real, train=real, transform=None, encoder=enc, cfg={"sample_size": 40}, seed=0)
     assert set(out) == {"vendi_pixel", "vendi_embed", "rho", "weighted_vs", "n"}
@@ -108,7 +105,11 @@ def test_measure_augmentation_lowers_fidelity_and_is_seeded():
     noise = lambda img: (img.float() / 255 + 0.3 * torch.randn(img.shape)).clamp(0, 1)  # noqa: E731
     enc = pre_logits_encoder(_encoder(), mean=(0.5,) * 3, std=(0.25,) * 3)
     kw = dict(real=real, train=real, transform=noise, encoder=enc, cfg={"sample_size": 30, "draws": 2})  # 2 draws: n = 60
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
     a = measure_training_set(seed=0, **kw)
+    assert torch.equal(torch.rand(1), expected_next)  # the caller's RNG stream is untouched
     b = measure_training_set(seed=0, **kw)
     c = measure_training_set(seed=1, **kw)
     assert a == b

@@ -62,3 +62,22 @@ def test_bad_synth_mode_fails_the_run_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match="synth.mode: unknown mode 'double'"):
         run(cfg, tmp_path)
     assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+
+
+def test_measuring_diversity_leaves_training_unchanged(tmp_path):
+    """Measuring (augmented draws, forward passes in eval mode) must not change what the run learns."""
+    from safetensors.torch import load_file
+
+    from wdiv.training.runner import run
+
+    def go(name, compute):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=["+exp=augment", "level=autoaugment", *TINY, f"diversity.compute={compute}"])
+        return run(cfg, tmp_path / name), load_file(str(tmp_path / name / "model.safetensors"))
+
+    with_div, w1 = go("with", True)
+    without, w2 = go("without", False)
+    assert "diversity" in with_div and "diversity" not in without
+    assert with_div["diversity"]["rho"] < 1.0  # augmented rows differ from their originals
+    assert with_div["metrics"] == without["metrics"]
+    assert all((w1[k] == w2[k]).all() for k in w1)
