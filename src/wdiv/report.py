@@ -378,6 +378,7 @@ def write_figures(report: Report, fig_dir: Path, formats: list[str], esd_run=Non
             path = fig_dir / f"{name}.{fmt}"
             _atomic(path, lambda p, fig=fig, fmt=fmt: fig.savefig(p, format=fmt, dpi=120))
             written.append(path)
+            fig.set_layout_engine("none")  # keep the solved layout: later formats skip re-solving it
     return written
 
 
