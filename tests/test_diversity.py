@@ -137,3 +137,10 @@ def test_measure_add_uses_only_appended_rows_for_fidelity():
     # a pixel-only measurement when no encoder is available
     out = measure_training_set(real=real, train=train, transform=None, encoder=None, cfg={}, seed=0)
     assert out["vendi_embed"] is None and out["rho"] is None and out["vendi_pixel"] > 1
+
+
+def test_named_timm_encoder_resizes_to_its_input_size():
+    real = _toy(12)
+    cfg = {"encoder": "test_vit", "encoder_pretrained": False, "sample_size": 6}  # 160 x 160 input
+    out = measure_training_set(real=real, train=real, transform=None, encoder=None, cfg=cfg, seed=0)
+    assert out["n"] == 6 and out["rho"] == pytest.approx(1.0) and 1.0 <= out["vendi_embed"] <= 6

@@ -137,17 +137,18 @@ def pre_logits_encoder(
     return encode
 
 
-def timm_encoder(name: str, pretrained: bool = True) -> Encoder:
-    """A named timm model as a pre-logits encoder, normalised as its pretrained config says."""
+def timm_encoder(name: str, pretrained: bool = True, device: torch.device | str = "cpu") -> Encoder:
+    """A named timm model as a pre-logits encoder, sized and normalised as its pretrained config says."""
     import timm
 
-    model = timm.create_model(name, pretrained=pretrained, num_classes=0).eval()
-    return pre_logits_encoder(model)
+    model = timm.create_model(name, pretrained=pretrained, num_classes=0).eval().to(device)
+    size = int((model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-1])
+    return pre_logits_encoder(model, size=size)
 
 
 def _as_encoder(encoder: Any, cfg: Mapping[str, Any]) -> Encoder | None:
-    if cfg.get("encoder"):
-        return timm_encoder(str(cfg["encoder"]), bool(cfg.get("encoder_pretrained", True)))
+    if cfg.get("encoder"):  # a named encoder, on the device of the run's model
+        return timm_encoder(str(cfg["encoder"]), bool(cfg.get("encoder_pretrained", True)), _device(encoder))
     if encoder is None:
         return None
     if isinstance(encoder, torch.nn.Module):
@@ -157,13 +158,18 @@ def _as_encoder(encoder: Any, cfg: Mapping[str, Any]) -> Encoder | None:
     raise TypeError(f"diversity: encoder must be an nn.Module or a callable, got {type(encoder)}")
 
 
+def _device(encoder: Any) -> torch.device:
+    module = getattr(encoder, "module", encoder)
+    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
+    return params[0].device if params else torch.device("cpu")
+
+
 @torch.no_grad()
 def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Features of ``images`` in eval mode (the module's train/eval mode is restored after)."""
     module = getattr(encoder, "module", encoder)
     was_training = getattr(module, "training", False)
-    params = list(module.parameters()) if isinstance(module, torch.nn.Module) else []
-    device = params[0].device if params else torch.device("cpu")
+    device = _device(encoder)
     if isinstance(module, torch.nn.Module):
         module.eval()
     try:
