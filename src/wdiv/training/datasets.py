@@ -139,11 +139,12 @@ class FolderImages(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        from torchvision.io import ImageReadMode, decode_image
-        from torchvision.transforms.v2.functional import resize
+        from PIL import Image
+        from torchvision.transforms.v2.functional import pil_to_tensor, resize
 
         path, label = self.samples[i]
-        image = decode_image(path, mode=ImageReadMode.RGB)
+        with Image.open(path) as pil:
+            image = pil_to_tensor(pil.convert("RGB"))
         return resize(image, [self.size, self.size], antialias=True), label
 
     @property
