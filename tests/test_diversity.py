@@ -116,6 +116,8 @@ def test_measure_augmentation_lowers_fidelity_and_is_seeded():
     assert a != c
     assert a["n"] == 60  # 30 rows x 2 draws
     assert a["rho"] < 0.999
+    plain = measure_training_set(**{**kw, "transform": None}, seed=0)
+    assert a["vendi_pixel"] > plain["vendi_pixel"]  # noise spreads the pixel vectors apart
 
 
 def test_measure_add_uses_only_appended_rows_for_fidelity():
