@@ -196,13 +196,13 @@ def _labels(dataset: Any, indices: np.ndarray) -> torch.Tensor:
 
 def _references(enc, real, train, rows, real_index, is_syn, first_draw, augmented, opts, rng) -> torch.Tensor:
     """Embeddings of the real image each measured row is compared with (row-aligned, see above)."""
+    if opts["align"] not in ("nearest", "index"):
+        raise ValueError(f"diversity.align: {opts['align']!r} is not nearest or index")
     bs = int(opts["batch_size"])
     ref = first_draw.clone()  # an un-augmented real row is its own reference
     syn = is_syn[rows]
     own = ~syn if augmented else np.zeros(len(rows), dtype=bool)
-    by_index = syn if opts["align"] == "index" else np.zeros(len(rows), dtype=bool)
-    if opts["align"] not in ("nearest", "index"):
-        raise ValueError(f"diversity.align: {opts['align']!r} is not nearest or index")
+    by_index = syn.copy() if opts["align"] == "index" else np.zeros(len(rows), dtype=bool)
     if opts["align"] == "nearest" and syn.any():
         pool = np.sort(rng.choice(len(real), size=min(int(opts["align_pool"]), len(real)), replace=False))
         pool_emb = F.normalize(embed(enc, _stack(real, pool), bs), dim=1)
