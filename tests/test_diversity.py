@@ -146,3 +146,10 @@ def test_named_timm_encoder_resizes_to_its_input_size():
     cfg = {"encoder": "test_vit", "encoder_pretrained": False, "sample_size": 6}  # 160 x 160 input
     out = measure_training_set(real=real, train=real, transform=None, encoder=None, cfg=cfg, seed=0)
     assert out["n"] == 6 and out["rho"] == pytest.approx(1.0) and 1.0 <= out["vendi_embed"] <= 6
+
+
+@pytest.mark.parametrize("key,value", [("sample_size", 0), ("draws", "two"), ("align", "random")])
+def test_bad_diversity_option_names_its_key(key, value):
+    real = _toy(10)
+    with pytest.raises(ValueError, match=f"diversity.{key}: "):
+        measure_training_set(real=real, train=real, transform=None, encoder=None, cfg={key: value}, seed=0)

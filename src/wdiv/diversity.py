@@ -196,8 +196,6 @@ def _labels(dataset: Any, indices: np.ndarray) -> torch.Tensor:
 
 def _references(enc, real, train, rows, real_index, is_syn, first_draw, augmented, opts, rng) -> torch.Tensor:
     """Embeddings of the real image each measured row is compared with (row-aligned, see above)."""
-    if opts["align"] not in ("nearest", "index"):
-        raise ValueError(f"diversity.align: {opts['align']!r} is not nearest or index")
     bs = int(opts["batch_size"])
     ref = first_draw.clone()  # an un-augmented real row is its own reference
     syn = is_syn[rows]
@@ -251,7 +249,7 @@ def measure_training_set(
     ``nn.Module``, normalised by its timm ``pretrained_cfg``), a callable from
     :data:`Encoder`, or None (then only ``vendi_pixel`` is filled). ``n`` counts the measured rows.
     """
-    opts = {**DEFAULTS, **dict(cfg or {})}
+    opts = _options(cfg)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     n_train = len(train)
@@ -302,6 +300,23 @@ def measure_training_set(
         time.perf_counter() - start,
     )
     return result
+
+
+def _options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``cfg`` over :data:`DEFAULTS`, checked: a bad value names its ``diversity.*`` key."""
+    from wdiv.training.errors import ConfigError
+
+    opts = {**DEFAULTS, **dict(cfg or {})}
+    for key in ("sample_size", "draws", "pixel_size", "batch_size", "align_pool"):
+        try:
+            ok = int(opts[key]) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"diversity.{key}: {opts[key]!r} is not a positive integer")
+    if opts["align"] not in ("nearest", "index"):
+        raise ConfigError(f"diversity.align: {opts['align']!r} is not nearest or index")
+    return opts
 
 
 def _fmt(x: float | None) -> str:
