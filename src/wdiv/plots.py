@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from wdiv.compare import BASELINE, level_axis
 
 ARM_ORDER = ("dropout", "weight_decay", "augment", "synthetic")
+LEVEL_LABELS = {"dropout": "dropout p", "weight_decay": "weight decay", "synthetic": "synthetic fraction p"}
 
 
 def _figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -74,10 +75,9 @@ def metric_vs_level(categories: pd.DataFrame, metric: str, statistic: str = "D")
         x, axis = level_axis(sub["level"], sub["level_index"])
         sub = sub.assign(_x=x.to_numpy(), _variant=sub["variant"].map(_text)).sort_values("_x")
         for variant, grp in sub.groupby("_variant", sort=True):
-            (line,) = ax.plot(grp["_x"], grp[f"mean_{statistic}"], marker="o", label=variant or None)
-            ax.fill_between(
-                grp["_x"], grp[f"ci_low_{statistic}"], grp[f"ci_high_{statistic}"], color=line.get_color(), alpha=0.2, lw=0
-            )
+            mean, lo, hi = (grp[f"{k}_{statistic}"].to_numpy(dtype=float) for k in ("mean", "ci_low", "ci_high"))
+            bars = ax.errorbar(grp["_x"], mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label=variant or None)
+            ax.fill_between(grp["_x"], lo, hi, color=bars.lines[0].get_color(), alpha=0.15, lw=0)
         if axis == "level" and (sub["_x"] > 0).all() and sub["_x"].max() / sub["_x"].min() >= 10:
             ax.set_xscale("log")
         if axis == "level_index":
@@ -85,7 +85,7 @@ def metric_vs_level(categories: pd.DataFrame, metric: str, statistic: str = "D")
             ax.set_xticks(ticks["_x"], ticks["level"].map(_text), rotation=45, ha="right", fontsize=7)
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
         ax.set_title(arm)
-        ax.set_xlabel(arm if axis == "level" else f"{arm} level")
+        ax.set_xlabel(LEVEL_LABELS.get(arm, arm) if axis == "level" else f"{arm} level")
         ax.set_ylabel(f"{'D' if statistic == 'D' else 'd'} {metric} (layer mean)")
         if sub["_variant"].str.len().gt(0).any():
             ax.legend(fontsize=7)
