@@ -117,6 +117,10 @@ def test_bad_mode_and_p_name_the_key():
         build_synthetic_train(real, {"mode": "double", "p": 0.5, "generator": OFFLINE}, seed=0)
     with pytest.raises(ValueError, match="synth.p"):
         build_synthetic_train(real, {"mode": "replace", "p": 1.5, "generator": OFFLINE}, seed=0)
+    with pytest.raises(ValueError, match="synth.p: 'lots' is not a number"):
+        build_synthetic_train(real, {"mode": "add", "p": "lots", "generator": OFFLINE}, seed=0)
+    with pytest.raises(ValueError, match="synth.filter.threshold"):
+        build_synthetic_train(real, {"mode": "filtered", "p": 0.5, "filter": {"threshold": 2}, "generator": OFFLINE}, seed=0)
     with pytest.raises(ValueError, match="synth.generator.name"):
         build_synthetic_train(real, {"mode": "add", "p": 0.5, "generator": {"name": "gan"}}, seed=0)
 

@@ -76,9 +76,17 @@ def build_synthetic_train(
     mode, p = cfg.get("mode"), cfg.get("p")
     if mode not in MODES:
         raise ConfigError(f"synth.mode: unknown mode {mode!r} (known: none, {', '.join(MODES)})")
-    if p is None or not 0.0 <= float(p) <= (1.0 if mode == "replace" else math.inf):
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        raise ConfigError(f"synth.p: {p!r} is not a number") from None
+    if not 0.0 <= p <= (1.0 if mode == "replace" else math.inf):
         raise ConfigError(f"synth.p: {p!r} out of range for mode {mode} (replace: 0..1, add/filtered: >= 0)")
-    p = float(p)
+    filt = {**FILTER_DEFAULTS, **(cfg.get("filter") or {})}
+    if not 0.0 <= float(filt["threshold"]) <= 1.0:
+        raise ConfigError(f"synth.filter.threshold: {filt['threshold']!r} is outside [0, 1]")
+    if not float(filt["oversample"]) >= 1.0:
+        raise ConfigError(f"synth.filter.oversample: {filt['oversample']!r} is below 1")
     images, labels = _materialise(real_train)
     k = int(num_classes or int(labels.max()) + 1)
     class_counts = np.bincount(labels.numpy(), minlength=k)
@@ -86,7 +94,6 @@ def build_synthetic_train(
     class_names = class_names or getattr(real_train, "classes", None)
 
     gen = generator if generator is not None else make_generator(cfg.get("generator") or {})
-    filt = {**FILTER_DEFAULTS, **(cfg.get("filter") or {})}
     pool = [math.ceil(w * float(filt["oversample"])) for w in wanted] if mode == "filtered" else wanted
     syn_x, syn_y = cached_generate(gen, images, labels, pool, seed=seed, cache_dir=cache_dir, class_names=class_names)
     syn_x = _match(syn_x, images.shape[1:])
