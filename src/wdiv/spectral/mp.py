@@ -17,9 +17,10 @@ WeightWatcher 0.7.7's ``mp_fit`` definition, step by step:
 
 Why it is fast: WeightWatcher refits scikit-learn's KernelDensity for each of ~200 grid values
 and every Nelder-Mead step, although the KDE does not depend on sigma. Here the KDE is computed
-once, exactly (only eigenvalue/grid pairs closer than the bandwidth are visited), and the whole
-sigma grid is one broadcast; the polish runs scipy's own ``fmin`` on the same objective, so the
-result is WeightWatcher's to rounding.
+once, exactly (only eigenvalue/grid pairs closer than the bandwidth are visited), the whole
+sigma grid is one broadcast restricted to the sigmas and points that can matter (see
+``_Residual``), and the polish runs scipy's own ``fmin`` on the same objective, so the result
+is WeightWatcher's to rounding.
 """
 
 from __future__ import annotations
@@ -78,7 +79,13 @@ def quarter_circle_density(x: np.ndarray, sigma) -> np.ndarray:
 
 
 class _Residual:
-    """WeightWatcher's resid_mp objective with the KDE computed once: sigma(s) -> sum of squares."""
+    """WeightWatcher's resid_mp objective with the KDE computed once: sigma(s) -> sum of squares.
+
+    Same value as WeightWatcher's to rounding, computed cheaply: for Q == 1 the quarter-circle
+    density is c(sigma) g(x), so the residual is a quadratic in c with three precomputed sums;
+    for Q != 1 only sigmas whose MP support passes WeightWatcher's checks are evaluated, and only
+    on the KDE points inside the widest of their supports (outside it the residual is y^2).
+    """
 
     def __init__(self, to_fit: np.ndarray, Q: float, bw: float):
         xde = np.linspace(0, np.max(to_fit) + 0.5, KDE_POINTS)
@@ -89,19 +96,55 @@ class _Residual:
         self.x, self.y, self.Q = xde[good], yde[good], Q
         self.x_peak = self.x[np.argmax(self.y)]
         self.x_top = np.max(self.x)
+        self.penalty = np.sum(np.full(len(self.y), PENALTY) ** 2)
+        self.y2 = self.y * self.y
+        if Q == 1:
+            g = np.sqrt(np.maximum(4 - self.x ** 2, 0.0))
+            self.qc_sums = (np.sum(g * g), np.sum(g * self.y), np.sum(self.y2))
+        else:
+            with np.errstate(divide="ignore"):
+                self.x_inv = np.where(self.x > 0, 1.0 / self.x, 0.0)
 
     def grid(self, sigmas: np.ndarray) -> np.ndarray:
-        s = np.asarray(sigmas, dtype=np.float64)[:, None]
+        s = np.asarray(sigmas, dtype=np.float64)
         if self.Q == 1:
-            return np.sum((quarter_circle_density(self.x[None, :], s) - self.y) ** 2, axis=1)
-        a, b = mp_edges(s[:, 0], self.Q)
-        bad = (b < self.x_peak) | (b > self.x_top) | (a > self.x_peak)
-        out = np.sum((mp_density(self.x[None, :], s, self.Q) - self.y) ** 2, axis=1)
-        out[bad] = np.sum(np.full(len(self.y), PENALTY) ** 2)
+            gg, gy, yy = self.qc_sums
+            c = 1 / (np.pi * s * s)
+            return c * c * gg - 2 * c * gy + yy
+        a, b = mp_edges(s, self.Q)
+        ok = ~((b < self.x_peak) | (b > self.x_top) | (a > self.x_peak))
+        out = np.full(len(s), self.penalty)
+        if ok.any():
+            a, b, s = a[ok], b[ok], s[ok]
+            lo = np.searchsorted(self.x, np.min(a), side="left")
+            hi = np.searchsorted(self.x, np.max(b), side="right")
+            x = self.x[lo:hi]
+            shape = (b[:, None] - x) * (x - a[:, None])
+            np.maximum(shape, 0.0, out=shape)
+            np.sqrt(shape, out=shape)
+            shape *= (1 / (2 * np.pi * s * s * (1 / self.Q)))[:, None] * self.x_inv[lo:hi]
+            shape -= self.y[lo:hi]
+            outside = np.sum(self.y2[:lo]) + np.sum(self.y2[hi:])
+            out[ok] = np.sum(shape * shape, axis=1) + outside
         return out
 
     def __call__(self, p) -> float:
-        return float(self.grid(np.atleast_1d(p))[0])
+        """One sigma (what Nelder-Mead asks for): the same sums without the grid machinery."""
+        s = float(np.asarray(p).ravel()[0])
+        if self.Q == 1:
+            gg, gy, yy = self.qc_sums
+            c = 1 / (np.pi * s * s)
+            return float(c * c * gg - 2 * c * gy + yy)
+        a = (s * (1 - math.sqrt(1 / self.Q))) ** 2
+        b = (s * (1 + math.sqrt(1 / self.Q))) ** 2
+        if b < self.x_peak or b > self.x_top or a > self.x_peak:
+            return float(self.penalty)
+        shape = (b - self.x) * (self.x - a)
+        np.maximum(shape, 0.0, out=shape)
+        np.sqrt(shape, out=shape)
+        shape *= (1 / (2 * np.pi * s * s * (1 / self.Q))) * self.x_inv
+        shape -= self.y
+        return float(np.dot(shape, shape))
 
 
 def fit_sigma(to_plot: np.ndarray, Q: float, bw: float = KDE_BANDWIDTH) -> float:
