@@ -16,7 +16,7 @@ from wdiv import compare, report
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = make_study(tmp_path_factory.mktemp("study"), diversity=True)
-    assert report.main([str(root), "--formats", "png"]) == 0
+    assert report.main([str(root), "--formats", "png", "--figure-metrics", "alpha,log_norm"]) == 0
     out = root / "report"
     tables = {name: pd.read_csv(out / f"{name}.csv") for name in
               ("runs", "layers", "categories", "anova", "pairwise", "level_trend", "correlations", "accuracy", "skipped")}
@@ -42,6 +42,7 @@ def test_outputs_have_the_contract_columns(study):
                  "figures/level_D_log_norm.png", "figures/accuracy_vs_weighted_vs.png"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("*.tmp"))
+    assert not (out / "figures" / "per_layer_D_entropy.png").exists()  # --figure-metrics honoured
 
 
 def test_baseline_own_double_difference_is_exactly_zero(study):

@@ -345,6 +345,10 @@ def esd_figure(report: Report, run_id: str | None, longname: str | None):
     base = row["baseline_run_id"]
     if base != run_id:
         sources[f"baseline ({base})"] = report.run_dirs[base] / "model.safetensors"
+    missing = [str(path) for path in sources.values() if not path.exists()]
+    if missing:
+        log.warning("ESD overlay skipped: weights not found: %s", ", ".join(missing))
+        return None
     try:
         esds = {label: layer_eigenvalues(path, longname) for label, path in sources.items()}
     except Exception as err:  # noqa: BLE001 - the overlay is optional; say why and move on
@@ -355,12 +359,15 @@ def esd_figure(report: Report, run_id: str | None, longname: str | None):
     return plots.esd_overlay(esds, title=f"ESD of {longname}")
 
 
-def write_figures(report: Report, fig_dir: Path, formats: list[str], esd_run=None, esd_layer=None) -> list[Path]:
+def write_figures(
+    report: Report, fig_dir: Path, formats: list[str], esd_run=None, esd_layer=None, metrics: list[str] | None = None
+) -> list[Path]:
+    """Per-metric figures for `metrics` (default: every metric), plus accuracy-vs-diversity and ESD."""
     from wdiv import plots  # lazy: matplotlib only when figures are asked for
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures = {}
-    for m in report.metrics:
+    for m in [m for m in report.metrics if metrics is None or m in metrics]:
         figures[f"per_layer_D_{m}"] = plots.per_layer_d(report.layers, m)
         figures[f"level_D_{m}"] = plots.metric_vs_level(report.categories, m, "D")
     figures["level_dM_log_norm"] = plots.metric_vs_level(report.categories, "log_norm", "dM")
@@ -382,7 +389,10 @@ def write_figures(report: Report, fig_dir: Path, formats: list[str], esd_run=Non
     return written
 
 
-def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[str] | None, esd_run=None, esd_layer=None) -> None:
+def write_report(
+    report: Report, out_dir: Path, runs_dir: Path, formats: list[str] | None, esd_run=None, esd_layer=None,
+    figure_metrics: list[str] | None = None,
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = {
         "runs.csv": report.runs,
@@ -401,7 +411,7 @@ def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[st
     for name, text in latex_tables(report).items():
         write_text(out_dir / name, text)
     if formats:
-        write_figures(report, out_dir / "figures", formats, esd_run, esd_layer)
+        write_figures(report, out_dir / "figures", formats, esd_run, esd_layer, figure_metrics)
     write_text(out_dir / "summary.md", summary_markdown(report, runs_dir))
 
 
@@ -411,6 +421,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default RUNS_DIR/report)")
     parser.add_argument("--formats", default="png,pdf", help="figure formats, comma-separated; '' for no figures")
     parser.add_argument("--no-figures", action="store_true", help="tables and summary only")
+    parser.add_argument("--figure-metrics", help="comma-separated metrics to draw per-metric figures for (default: all)")
     parser.add_argument("--esd-run", help="run_id (path under RUNS_DIR) for the ESD overlay; default: strongest weight decay")
     parser.add_argument("--esd-layer", help="layer longname for the ESD overlay; default: the largest layer")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -436,7 +447,12 @@ def main(argv=None) -> int:
         write_text(out_dir / "summary.md", f"# wdiv report\n\nNo report: {why} under `{runs_dir}`.\n\n## Skipped runs\n\n{skipped}")
         print(f"wdiv.report: error: {why} under {runs_dir} (reasons in {out_dir / 'summary.md'})", file=sys.stderr)
         return 1
-    write_report(report, out_dir, runs_dir, formats, args.esd_run, args.esd_layer)
+    figure_metrics = [m.strip() for m in args.figure_metrics.split(",")] if args.figure_metrics else None
+    unknown = sorted(set(figure_metrics or []) - set(report.metrics))
+    if unknown:
+        print(f"wdiv.report: error: --figure-metrics {','.join(unknown)} not among {','.join(report.metrics)}", file=sys.stderr)
+        return 2
+    write_report(report, out_dir, runs_dir, formats, args.esd_run, args.esd_layer, figure_metrics)
     print(f"wdiv.report: {len(report.runs)} runs, {len(report.skipped)} skipped -> {out_dir}")
     print(report.statement)
     return 0
