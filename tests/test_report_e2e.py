@@ -53,6 +53,7 @@ def test_tiny_real_study_end_to_end(tmp_path, monkeypatch):
     assert (cats.loc[cats.category != "baseline", "n_seeds"] == 2).all()
     summary = (report_dir / "summary.md").read_text()
     assert re.search(r"(Yes: mean dlog_norm falls|No: mean dlog_norm does not fall) monotonically with weight_decay", summary)
-    assert (report_dir / "figures" / "level_D_log_norm.png").is_file()
+    for fig in ("level_D_log_norm", "per_layer_D_alpha", "accuracy_vs_weighted_vs", "esd_overlay"):
+        assert (report_dir / "figures" / f"{fig}.png").is_file() and (report_dir / "figures" / f"{fig}.pdf").is_file()
     nb = execute_notebook(report_dir, monkeypatch, tmp_path)
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
