@@ -3,8 +3,9 @@
 
     python scripts/run_study.py                      # embedded default: every arm, every level, seeds 0,1,2
     python scripts/run_study.py --runs-dir runs/study --n-jobs 2 --seeds 0,1,2
-    python scripts/run_study.py --arms baseline,weight_decay --levels weight_decay=1e-4,1e-3 \
-        -- model=vit_micro trainer.epochs=1        # reduced grid; anything after -- goes to every train call
+    python scripts/run_study.py --arms baseline,weight_decay,synthetic --levels weight_decay=1e-4,1e-3 \
+        --levels synthetic=0.5 --sweep synthetic:synth.mode=replace -- model=vit_micro trainer.epochs=1
+                                                     # reduced grid; anything after -- goes to every train call
 
 Stage 1 runs one Hydra multirun per arm (`python -m wdiv.train -m +exp=ARM seed=...` with the
 joblib launcher, so n_jobs runs share the machine, each with cpu_count/n_jobs torch threads);
@@ -33,7 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms (exp names); missing exp files are skipped")
     parser.add_argument("--levels", action="append", default=[], metavar="ARM=L1,L2",
-                        help="narrow an arm's grid (repeatable), e.g. weight_decay=1e-4,1e-3")
+                        help="narrow an arm's levels (repeatable), e.g. weight_decay=1e-4,1e-3")
+    parser.add_argument("--sweep", action="append", default=[], metavar="ARM:KEY=V1,V2",
+                        help="set any swept key of one arm (repeatable), e.g. synthetic:synth.mode=replace")
     parser.add_argument("--n-jobs", type=int, default=2, help="parallel training runs (joblib launcher)")
     parser.add_argument("--analyze-jobs", type=int, default=None, help="parallel analyses (default: n-jobs)")
     parser.add_argument("--skip-train", action="store_true", help="only analyse and report existing runs")
@@ -42,14 +45,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_command(arm: str, args: argparse.Namespace, levels: dict[str, str]) -> list[str]:
+def train_command(arm: str, args: argparse.Namespace, sweeps: dict[str, dict[str, str]]) -> list[str]:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.n_jobs))
     cmd = [sys.executable, "-m", "wdiv.train", "-m", f"+exp={arm}", f"seed={args.seeds}",
            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}", f"trainer.threads={threads}",
            f"paths.runs_dir={args.runs_dir}"]
-    if arm in levels:
-        cmd.append(f"level={levels[arm]}")
+    cmd += [f"{key}={values}" for key, values in sweeps.get(arm, {}).items()]
     return cmd + list(args.overrides)
+
+
+def grid_size(arm: str, args: argparse.Namespace, sweeps: dict[str, dict[str, str]]) -> int:
+    """Runs one arm's multirun will launch: its exp file's sweep (narrowed by --levels) x seeds."""
+    from omegaconf import OmegaConf
+
+    params = dict(OmegaConf.select(OmegaConf.load(EXP_DIR / f"{arm}.yaml"), "hydra.sweeper.params", default={}) or {})
+    params.update(sweeps.get(arm, {}))
+    size = len(args.seeds.split(","))
+    for value in params.values():
+        size *= len(str(value).split(","))
+    return size
 
 
 def run_stage(name: str, cmd: list[str], dry_run: bool, timings: list[tuple[str, float, int]]) -> int:
@@ -66,24 +80,31 @@ def run_stage(name: str, cmd: list[str], dry_run: bool, timings: list[tuple[str,
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    levels = {}
-    for item in args.levels:
-        arm, sep, grid = item.partition("=")
-        if not sep or not grid:
-            print(f"run_study: error: --levels {item!r} is not ARM=L1,L2", file=sys.stderr)
-            return 2
-        levels[arm] = grid
+    sweeps: dict[str, dict[str, str]] = {}
+    for flag, items in (("--levels", [f"{i.partition('=')[0]}:level={i.partition('=')[2]}" if "=" in i else i
+                                      for i in args.levels]), ("--sweep", args.sweep)):
+        for item in items:
+            arm, _, assignment = item.partition(":")
+            key, sep, values = assignment.partition("=")
+            if not arm or not key or not sep or not values:
+                form = "ARM=L1,L2" if flag == "--levels" else "ARM:KEY=V1,V2"
+                print(f"run_study: error: {flag} {item!r} is not {form}", file=sys.stderr)
+                return 2
+            sweeps.setdefault(arm, {})[key] = values
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     args.runs_dir = args.runs_dir.resolve()
     timings: list[tuple[str, float, int]] = []
     failed = []
     total = time.perf_counter()
     if not args.skip_train:
+        missing = [a for a in arms if not (EXP_DIR / f"{a}.yaml").is_file()]
+        for arm in missing:
+            print(f"run_study: no configs/exp/{arm}.yaml: arm {arm} skipped", flush=True)
+        arms = [a for a in arms if a not in missing]
+        sizes = {arm: grid_size(arm, args, sweeps) for arm in arms}
+        print("runs to train: " + ", ".join(f"{a} {n}" for a, n in sizes.items()) + f"; total {sum(sizes.values())}")
         for arm in arms:
-            if not (EXP_DIR / f"{arm}.yaml").is_file():
-                print(f"run_study: no configs/exp/{arm}.yaml: arm {arm} skipped", flush=True)
-                continue
-            if run_stage(f"train {arm}", train_command(arm, args, levels), args.dry_run, timings):
+            if run_stage(f"train {arm}", train_command(arm, args, sweeps), args.dry_run, timings):
                 failed.append(f"train {arm}")
     analyze = [sys.executable, "-m", "wdiv.analyze", str(args.runs_dir), "--base",
                "--jobs", str(args.analyze_jobs or args.n_jobs)]

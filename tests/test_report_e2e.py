@@ -19,10 +19,14 @@ def run_study(*args, timeout=None):
 
 
 def test_run_study_dry_run_builds_one_multirun_per_arm(tmp_path):
-    res = run_study("--dry-run", "--runs-dir", str(tmp_path), "--seeds", "0,1", "--arms", "baseline,weight_decay,nosuch",
-                    "--levels", "weight_decay=1e-4,1e-3", "--n-jobs", "2", "--", "model=vit_micro")
+    res = run_study("--dry-run", "--runs-dir", str(tmp_path), "--seeds", "0,1",
+                    "--arms", "baseline,weight_decay,synthetic,nosuch", "--levels", "weight_decay=1e-4,1e-3",
+                    "--levels", "synthetic=0.5", "--sweep", "synthetic:synth.mode=replace,add", "--n-jobs", "2",
+                    "--", "model=vit_micro")
     assert res.returncode == 0, res.stderr
     out = res.stdout
+    assert "runs to train: baseline 2, weight_decay 4, synthetic 4; total 10" in out
+    assert "+exp=synthetic seed=0,1" in out and "level=0.5 synth.mode=replace,add" in out
     assert "-m +exp=baseline seed=0,1 hydra/launcher=joblib hydra.launcher.n_jobs=2" in out
     assert "+exp=weight_decay" in out and "level=1e-4,1e-3" in out and "model=vit_micro" in out
     assert "no configs/exp/nosuch.yaml: arm nosuch skipped" in out
