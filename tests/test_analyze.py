@@ -152,3 +152,17 @@ def test_cli_jobs_gives_identical_outputs(tmp_path):
     first = [(r / "spectra.csv").read_text() for r in runs]
     assert cli.main([str(tmp_path / "runs"), "-q", "--randomize", "--force", "--jobs", "2"]) == 0
     assert [(r / "spectra.csv").read_text() for r in runs] == first
+
+
+def test_farms_column_is_the_fit_of_the_pooled_window_esd():
+    from wdiv.spectral.farms import farms_fit
+
+    m = make_model()
+    df = analyze(m, farms=True, farms_window=12).set_index("longname")
+    assert df.alpha_farms.notna().all()
+    expected = farms_fit(m.fc1.weight.detach().numpy(), window=12)["alpha"]
+    assert df.loc["fc1", "alpha_farms"] == pytest.approx(expected, rel=1e-9)
+    # a window larger than a layer's matrix: that layer's alpha_farms is empty, the rest analysed
+    big = analyze(m, farms=True, farms_window=16).set_index("longname")
+    assert np.isnan(big.loc["conv", "alpha_farms"]) and big.loc["fc1", "alpha_farms"] > 0
+    assert "alpha_farms" not in analyze(m)

@@ -151,8 +151,6 @@ def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
             row["slice_id"] = 0
         metrics, error = _metrics(ev, spec, opts, rand_evals)
         row.update(metrics)
-        if opts.randomize and rand_evals is not None and "rand_distance" not in row:
-            row.update(_random_columns(ev, rand_evals))
         if opts.farms:
             row["alpha_farms"] = _farms_alpha(w, scale, spec, opts, slice_id)
         out.append(LayerResult(row, ev, rand_evals, error))
@@ -171,18 +169,6 @@ def _metrics(ev: np.ndarray, spec: LayerSpec, opts: AnalyzeOptions, rand_evals) 
         log.warning("%s: metrics failed: %s", spec.longname, exc)
         why = f"metrics failed: {type(exc).__name__}: {exc}"
         return {"status": "failed", "warning": why}, why
-
-
-def _random_columns(ev: np.ndarray, rand_evals: np.ndarray) -> dict:
-    """WeightWatcher's randomisation columns, in case the metrics module does not add them.
-
-    As WeightWatcher defines it, rand_distance is the Jensen-Shannon distance between the two
-    sorted eigenvalue vectors read as (normalised) weights, not between histograms.
-    """
-    from scipy.spatial.distance import jensenshannon
-
-    return {"rand_distance": float(jensenshannon(np.sort(ev), np.sort(rand_evals))),
-            "ww_softrank": float(rand_evals.max() / ev.max())}
 
 
 def _layer_generator(spec: LayerSpec, opts: AnalyzeOptions, slice_id: int | None, salt: int) -> torch.Generator:
