@@ -201,7 +201,8 @@ def _small_n_note(n: int) -> str:
     return ""
 
 
-def _level_label(level) -> str:
+def level_label(level) -> str:
+    """A level (number, policy name or None) as the text tables group and print by."""
     if level is None or (isinstance(level, float) and math.isnan(level)):
         return ""
     return str(level)
@@ -220,8 +221,8 @@ def level_summary(
     """
     rows = []
     frame = runs.copy()
-    frame["variant"] = frame["variant"].map(_level_label)
-    frame["level_label"] = frame["level"].map(_level_label)
+    frame["variant"] = frame["variant"].map(level_label)
+    frame["level_label"] = frame["level"].map(level_label)
     for (arm, variant, label), grp in frame.groupby(["arm", "variant", "level_label"], sort=False, dropna=False):
         for m in metrics:
             row = _summary_row(arm, variant, grp["level"].iloc[0], grp["level_index"].iloc[0], m, grp)
@@ -242,7 +243,7 @@ def level_summary(
 def layer_samples(layers: pd.DataFrame, metric: str) -> np.ndarray:
     """The published samples: D per (configuration, layer), averaged over seeds."""
     keys = ["arm", "variant", "level_index", "longname", "slice_index"]
-    frame = layers.assign(variant=layers["variant"].map(_level_label))
+    frame = layers.assign(variant=layers["variant"].map(level_label))
     return frame.groupby(keys, dropna=False)[f"D_{metric}"].mean().dropna().to_numpy(dtype=float)
 
 
@@ -356,7 +357,7 @@ def level_trend(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Spearman correlation of strength with per-run mean D, within each arm (and variant)."""
     rows = []
     frame = runs[runs["arm"] != BASELINE].copy()
-    frame["variant"] = frame["variant"].map(_level_label)
+    frame["variant"] = frame["variant"].map(level_label)
     for (arm, variant), grp in frame.groupby(["arm", "variant"], sort=False):
         x, axis = level_axis(grp["level"], grp["level_index"])
         for m in metrics:

@@ -57,7 +57,7 @@ class NoRuns(RuntimeError):
 def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
     """Outcome means over seeds per arm/variant/level with 95 % t CIs (n = 1 gives NaN CI)."""
     rows = []
-    frame = runs.assign(_variant=runs["variant"].map(compare._level_label), _level=runs["level"].map(compare._level_label))
+    frame = runs.assign(_variant=runs["variant"].map(compare.level_label), _level=runs["level"].map(compare.level_label))
     for (arm, variant, _), grp in frame.groupby(["arm", "_variant", "_level"], sort=False):
         row = {"arm": arm, "variant": variant, "level": grp["level"].iloc[0], "level_index": grp["level_index"].iloc[0]}
         for col in (c for c in OUTCOMES if c in runs.columns):
@@ -176,7 +176,7 @@ def category_display(categories: pd.DataFrame, metrics: list[str], statistic: st
     keep = categories[categories["metric"].isin(metrics)]
     rows = []
     for (cat, variant, level), grp in keep.groupby(
-        ["category", "variant", keep["level"].map(compare._level_label)], sort=False
+        ["category", "variant", keep["level"].map(compare.level_label)], sort=False
     ):
         row = {"category": cat, "variant": variant, "level": level or "-", "n seeds": int(grp["n_seeds"].max())}
         for _, r in grp.iterrows():
@@ -190,7 +190,7 @@ def category_display(categories: pd.DataFrame, metrics: list[str], statistic: st
 
 def accuracy_display(accuracy: pd.DataFrame) -> pd.DataFrame:
     out = accuracy[["arm", "variant", "level", "n_seeds"]].copy()
-    out["level"] = out["level"].map(lambda v: compare._level_label(v) or "-")
+    out["level"] = out["level"].map(lambda v: compare.level_label(v) or "-")
     for col in (c for c in OUTCOMES if c in accuracy.columns):
         out[col] = [
             _with_ci(r[col], r[f"{col}_ci_low"], r[f"{col}_ci_high"], r["n_seeds"]) for _, r in accuracy.iterrows()
