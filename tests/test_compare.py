@@ -187,3 +187,12 @@ def test_several_baselines_for_one_key_are_reported():
     assert got.iloc[1] == "baseline/None/0"  # first by run_id
     (line,) = compare.baseline_conflicts(runs)
     assert "2 baselines for seed=0" in line and "paper/default/seed0" in line and "D uses baseline/None/0" in line
+
+
+def test_alpha_farms_is_compared_only_when_both_tables_have_it():
+    pre = _spectra([("a", 10, 4)], alpha=[3.0], alpha_farms=[2.5], log_norm=[1.0])
+    ft = _spectra([("a", 10, 4)], alpha=[3.5], alpha_farms=[2.0], log_norm=[1.1])
+    assert compare.metrics_present(ft, pre) == ["alpha", "log_norm", "alpha_farms"]
+    assert compare.metrics_present(ft, pre.drop(columns="alpha_farms")) == ["alpha", "log_norm"]
+    out, _ = compare.layer_deltas(ft, pre, compare.metrics_present(ft, pre))
+    assert out["dM_alpha_farms"].iloc[0] == pytest.approx(-0.5)
