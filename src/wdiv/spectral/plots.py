@@ -67,7 +67,7 @@ def esd_figure(evals: np.ndarray, row: dict, rand_evals: np.ndarray | None = Non
     ax.set_xlabel("eigenvalue of W^T W")
     ax.set_ylabel("density")
     ax.set_title(f"{row.get('layer_id', '')} {row.get('longname', '')}", fontsize=9)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
 
