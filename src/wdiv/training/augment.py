@@ -66,8 +66,29 @@ def parse_policy(policy: str) -> list[str]:
     return parts
 
 
-def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
-    """uint8 [C,H,W] -> normalised float tensor; augmentation only when ``train``."""
+class Finish:
+    """uint8 or [0,1] float images (any leading dims) -> float normalised by (mean, std).
+
+    Applied per image inside ``build_transform``, or once per batch by the training loop (same
+    elementwise ops, bitwise the same numbers, a fraction of the per-image Python overhead).
+    """
+
+    def __init__(self, mean, std):
+        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if images.dtype == torch.uint8:
+            images = TF.to_dtype(images, torch.float32, scale=True)
+        return TF.normalize(images, self.mean, self.std)
+
+
+def build_pipeline(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
+    """(per-image transform or None, batch ``Finish``): augmentation per image, normalisation per batch.
+
+    The per-image part keeps uint8 unless a float-stage component (noise) needs [0,1] floats.
+    """
     uint8_stage, float_stage = [], []
     if raw_size != size:
         uint8_stage.append(v2.Resize([size, size], antialias=True))
@@ -78,5 +99,11 @@ def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool
                 float_stage.append(v2.GaussianNoise(mean=0.0, sigma=std_noise, clip=True))
             else:
                 uint8_stage.append(_uint8_component(part, aug_cfg, size))
-    steps = [*uint8_stage, v2.ToDtype(torch.float32, scale=True), *float_stage, v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
+    steps = [*uint8_stage, *([v2.ToDtype(torch.float32, scale=True), *float_stage] if float_stage else [])]
+    return (v2.Compose(steps) if steps else None), Finish(mean, std)
+
+
+def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
+    """uint8 [C,H,W] -> normalised float tensor; augmentation only when ``train``."""
+    per_image, finish = build_pipeline(aug_cfg, mean=mean, std=std, size=size, raw_size=raw_size, train=train)
+    return finish if per_image is None else v2.Compose([per_image, finish])

@@ -55,6 +55,11 @@ class Transformed(Dataset):
         return self.transform(image), label
 
 
+def transformed(raw: Dataset, transform: Callable | None) -> Dataset:
+    """``raw`` with ``transform`` applied to its images (``raw`` itself when there is none)."""
+    return raw if transform is None else Transformed(raw, transform)
+
+
 @dataclass
 class Splits:
     """The raw splits of one task plus its OOD test sets (name -> raw dataset)."""

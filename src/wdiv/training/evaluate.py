@@ -21,12 +21,12 @@ def scores(logits: torch.Tensor, labels: torch.Tensor, *, with_ece: bool = False
     return out
 
 
-def evaluate(model, datasets: dict, rt, *, batch_size: int = 256) -> dict[str, dict[str, float]]:
-    """{name: scores} for each (already transformed) dataset; ECE on every set."""
-    from wdiv.training.loop import make_loader, predict
+def evaluate(model, datasets: dict, rt, *, batch_size: int = 256, finish=None) -> dict[str, dict[str, float]]:
+    """{name: scores} for each dataset (``finish`` normalises each batch); ECE on every set."""
+    from wdiv.training.loop import _identity, make_loader, predict
 
     results = {}
     for name, dataset in datasets.items():
-        logits, labels = predict(model, make_loader(dataset, batch_size, rt, shuffle=False), rt)
+        logits, labels = predict(model, make_loader(dataset, batch_size, rt, shuffle=False), rt, finish or _identity)
         results[name] = scores(logits, labels, with_ece=True)
     return results

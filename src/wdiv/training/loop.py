@@ -80,8 +80,12 @@ def make_loader(dataset, batch_size: int, rt: Runtime, *, shuffle: bool, seed: i
     )
 
 
-def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int], float], step: int, desc: str = "train"):
-    """One pass over ``loader``; returns (stats dict, next step)."""
+def _identity(x):
+    return x
+
+
+def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int], float], step: int, desc: str = "train", finish: Callable = _identity):
+    """One pass over ``loader``; ``finish`` normalises each batch; returns (stats dict, next step)."""
     model.train()
     base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
     total_loss = torch.zeros((), dtype=torch.float64)
@@ -93,7 +97,7 @@ def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int],
 
         batches = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for images, labels in batches:
-        images = images.to(rt.device, non_blocking=True)
+        images = finish(images.to(rt.device, non_blocking=True))
         labels = labels.to(rt.device, non_blocking=True)
         factor = lr_at(step)
         for group, base in zip(optimizer.param_groups, base_lrs):
@@ -115,19 +119,19 @@ def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int],
 
 
 @torch.no_grad()
-def predict(model, loader, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model, loader, rt: Runtime, finish: Callable = _identity) -> tuple[torch.Tensor, torch.Tensor]:
     """All logits (float32, cpu) and labels of ``loader``."""
     model.eval()
     outs, labels = [], []
     for images, target in loader:
         with rt.autocast():
-            logits = model(images.to(rt.device, non_blocking=True))
+            logits = model(finish(images.to(rt.device, non_blocking=True)))
         outs.append(logits.float().cpu())
         labels.append(target)
     return torch.cat(outs), torch.cat(labels)
 
 
-def fit(model, optimizer, train_set, val_set, sched: Schedule, rt: Runtime, *, seed: int, progress: Progress | None = None, on_epoch_end: Callable[[Progress], None] | None = None, desc: str = "") -> Progress:
+def fit(model, optimizer, train_set, val_set, sched: Schedule, rt: Runtime, *, seed: int, progress: Progress | None = None, on_epoch_end: Callable[[Progress], None] | None = None, desc: str = "", finish: Callable = _identity) -> Progress:
     """Train for ``sched.epochs`` epochs, continuing from ``progress``; ``on_epoch_end`` checkpoints."""
     from wdiv.training.evaluate import scores
 
@@ -140,10 +144,10 @@ def fit(model, optimizer, train_set, val_set, sched: Schedule, rt: Runtime, *, s
     for epoch in range(progress.epoch, sched.epochs):
         torch.manual_seed(epoch_seed(seed, epoch))
         loader = make_loader(train_set, sched.batch_size, rt, shuffle=True, seed=epoch_seed(seed, epoch))
-        stats, progress.step = train_epoch(model, loader, optimizer, rt, lr_at=lr_at, step=progress.step, desc=f"{desc}epoch {epoch + 1}/{sched.epochs}")
+        stats, progress.step = train_epoch(model, loader, optimizer, rt, lr_at=lr_at, step=progress.step, desc=f"{desc}epoch {epoch + 1}/{sched.epochs}", finish=finish)
         row = {"epoch": epoch + 1, **stats}
         if val_loader is not None:
-            logits, labels = predict(model, val_loader, rt)
+            logits, labels = predict(model, val_loader, rt, finish)
             val = scores(logits, labels)
             row.update(val_loss=val["loss"], val_acc=val["acc"])
         progress.history.append(row)

@@ -89,8 +89,8 @@ def _pretrain(cfg, rt, weights: Path) -> dict:
     from torch.utils.data import ConcatDataset
 
     from wdiv.training import models
-    from wdiv.training.augment import build_transform
-    from wdiv.training.data import Transformed, build_splits
+    from wdiv.training.augment import build_pipeline
+    from wdiv.training.data import build_splits, transformed
     from wdiv.training.loop import Schedule, fit
     from wdiv.training.optim import build_optimizer
 
@@ -101,12 +101,12 @@ def _pretrain(cfg, rt, weights: Path) -> dict:
     model_cfg = OmegaConf.merge(cfg.model, {"dropout": 0.0, "dropout_at": "head"})
     model = models.create(model_cfg, splits.num_classes).to(rt.device)
     mean, std = models.normalisation(model, cfg.model)
-    plain = build_transform(OmegaConf.create({"policy": "none"}), mean=mean, std=std, size=int(cfg.model.img_size), raw_size=splits.image_size, train=False)
+    per_image, finish = build_pipeline(OmegaConf.create({"policy": "none"}), mean=mean, std=std, size=int(cfg.model.img_size), raw_size=splits.image_size, train=False)
     optim_cfg = OmegaConf.create({"name": "adamw", "lr": float(pre.lr), "weight_decay": float(pre.weight_decay), "eps": 1e-8})
     optimizer = build_optimizer(model, optim_cfg)
     sched = Schedule(epochs=int(pre.epochs), batch_size=int(pre.batch_size), lr_schedule="cosine")
     source = ConcatDataset([splits.train, splits.val, splits.test])
-    progress = fit(model, optimizer, Transformed(source, plain), None, sched, rt, seed=seed, desc="pretrain ")
+    progress = fit(model, optimizer, transformed(source, per_image), None, sched, rt, seed=seed, desc="pretrain ", finish=finish)
     last = progress.history[-1]
     log.info("builtin checkpoint: source-task train accuracy %.3f after %d epochs", last["train_acc"], last["epoch"])
     save_weights(model, weights)

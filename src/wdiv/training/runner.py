@@ -164,8 +164,8 @@ def run(cfg, out_dir: Path) -> dict:
 
 def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     from wdiv.training import models, pretrained
-    from wdiv.training.augment import build_transform
-    from wdiv.training.data import Transformed, build_splits
+    from wdiv.training.augment import build_pipeline, build_transform
+    from wdiv.training.data import build_splits, transformed
     from wdiv.training.evaluate import evaluate
     from wdiv.training.optim import build_optimizer
 
@@ -185,8 +185,9 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     model.to(rt.device)
     mean, std = models.normalisation(model, cfg.model)
     size = int(cfg.model.img_size)
-    train_tf = build_transform(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=True)
-    eval_tf = build_transform(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=False)
+    # per-image augmentation in the dataset; the one normalisation once per batch in the loop
+    train_tf, finish = build_pipeline(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=True)
+    eval_tf, _ = build_pipeline(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=False)
 
     if cfg.get("diversity") is not None and cfg.diversity.get("compute"):
         from wdiv.diversity import measure_training_set, pre_logits_encoder
@@ -226,10 +227,10 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         warmup_epochs=float(cfg.optim.get("warmup_epochs", 0.0)),
         stop_after_epoch=t.get("stop_after_epoch"),
     )
-    fit(model, optimizer, Transformed(splits.train, train_tf), Transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint)
+    fit(model, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
 
-    sets = {"test": Transformed(splits.test, eval_tf), **{name: Transformed(ds, eval_tf) for name, ds in splits.ood.items()}}
-    results = evaluate(model, sets, rt, batch_size=int(t.eval_batch_size))
+    sets = {"test": transformed(splits.test, eval_tf), **{name: transformed(ds, eval_tf) for name, ds in splits.ood.items()}}
+    results = evaluate(model, sets, rt, batch_size=int(t.eval_batch_size), finish=finish)
     ood = {name: results[name]["acc"] for name in splits.ood}
     info["metrics"] = {
         "test_acc": results["test"]["acc"],
