@@ -178,6 +178,9 @@ def test_randomization_metrics():
     assert out["ww_softrank"] == pytest.approx(esd(shuffled).max() / esd(w).max())
     assert 0 < out["rand_distance"] <= math.sqrt(math.log(2))
     assert jensen_shannon_distance(esd(w), esd(w)) == pytest.approx(0.0, abs=1e-7)
+    row = layer_metrics(esd(w), N=300, M=100, mp_fit=False, rand_evals=esd(shuffled)[1:])
+    assert math.isnan(row["rand_distance"]) and "randomized ESD unusable" in row["warning"]
+    assert row["status"] == "success"  # the layer's own fit is unaffected
 
 
 def test_summary_excludes_failed_fits():

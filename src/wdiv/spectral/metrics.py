@@ -127,7 +127,11 @@ def layer_metrics(evals, *, N: int, M: int, rf: int = 1, fit: str = "ks", xmax=N
             row.update({k: math.nan for k in MP_COLUMNS})
             warnings.append(f"MP fit failed: {exc}")
     if rand_evals is not None:
-        row.update(randomization_metrics(evals, rand_evals))
+        try:
+            row.update(randomization_metrics(evals, rand_evals))
+        except ValueError as exc:
+            row.update({"rand_distance": math.nan, "ww_softrank": math.nan})
+            warnings.append(f"randomized ESD unusable: {exc}")
     row["warning"] = "; ".join(warnings)
     row["status"] = status
     return row
