@@ -169,3 +169,16 @@ def test_randomize_distance_equals_weightwatcher():
     row = layer_metrics(svd_evals(w), N=300, M=120, mp_fit=False, rand_evals=rand)
     assert _close(row["rand_distance"], ref["rand_distance"])
     assert _close(row["ww_softrank"], ref["ww_softrank"])
+
+
+@pytest.mark.parametrize("n", [2, 5, 7, 8, 12, 19, 20, 64])
+def test_small_samples_follow_weightwatcher_rules(n):
+    """WWFit switches rules below 20 values and again below 8; every branch is matched."""
+    from weightwatcher.WW_powerlaw import WWFit
+
+    data = np.sort(np.random.default_rng(n).pareto(1.5, n) + 1.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = WWFit(data)
+    fit = fit_power_law(data)
+    for col, value in (("alpha", ref.alpha), ("xmin", ref.xmin), ("D", ref.D), ("sigma", ref.sigma)):
+        assert _close(fit[col], value, rel=1e-9), (col, fit[col], value)
