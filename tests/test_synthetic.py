@@ -168,7 +168,8 @@ def test_cache_round_trip(tmp_path):
 def test_folder_round_trip_and_errors(tmp_path):
     real = _real()
     root = write_image_folder(real.images, real.labels, tmp_path / "gen", class_names=["h", "v", "d"])
-    assert sorted(p.name for p in root.iterdir()) == ["d", "h", "v"]
+    assert sorted(p.name for p in root.iterdir()) == ["classes.json", "d", "h", "v"]
+    del real.classes  # labels come back through classes.json, not through the dataset's class names
     assert len(list((root / "v").glob("*.png"))) == 20
     with pytest.raises(FileExistsError):
         write_image_folder(real.images, real.labels, root)
@@ -215,7 +216,7 @@ def test_stable_diffusion_path_with_stand_in_pipeline(tmp_path):
     assert labels.tolist() == [0, 0, 0, 2, 2]
     assert pipe.calls == [["a photo of h stripes"] * 2, ["a photo of h stripes"], ["a photo of d stripes"] * 2]
     root = write_image_folder(images, labels, tmp_path / "sd", class_names=["h", "v", "d"])
-    assert sorted(p.name for p in root.iterdir()) == ["d", "h"]
+    assert sorted(p.name for p in root.iterdir()) == ["classes.json", "d", "h"]
     assert sorted(p.name for p in (root / "h").iterdir()) == ["00000.png", "00001.png", "00002.png"]
     # mixed in: resized to the real images' size
     real = _real()
@@ -247,8 +248,9 @@ def test_generate_synthetic_script_writes_a_folder_the_folder_generator_reads(tm
     out = tmp_path / "sd"
     argv = ["--out", str(out), "--classes", "h,v,d", "--per-class", "12", "--resolution", "16", "--size", "12"]
     assert script.main(argv, pipeline=_StandInPipeline()) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["d", "h", "v"]
+    assert sorted(p.name for p in out.iterdir()) == ["classes.json", "d", "h", "v"]
     assert script.main(argv, pipeline=_StandInPipeline()) == 1  # refuses to overwrite
     real = _real()
+    del real.classes  # e.g. CIFAR tensors: no class names on the dataset
     mixed = build_synthetic_train(real, {"mode": "replace", "p": 0.3, "generator": {"name": "folder", "root": str(out)}}, seed=0)
     assert mixed.info["n_synthetic"] == 18 and mixed.images.shape == real.images.shape

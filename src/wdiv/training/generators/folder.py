@@ -1,12 +1,14 @@
 """Pre-generated images on disk in an ImageFolder layout: ``<root>/<class>/<image>.png``.
 
-A class directory is named by the class index (``0``, ``1``, ...) or by the class name; the
+A class directory is named by the class index (``0``, ``1``, ...) or by the class name, or
+listed in label order by ``<root>/classes.json`` or ``synth.generator.class_dirs``; the
 ``folder`` generator reads what ``write_image_folder`` (and ``scripts/generate_synthetic.py``)
 writes. Which files of a class are used is a seeded choice, so seeds see different subsets.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from wdiv.training.errors import ConfigError
 from wdiv.training.generators.base import Generator
 
+CLASSES_FILE = "classes.json"  # directory names in label order, written by write_image_folder
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
@@ -37,15 +40,22 @@ class FolderGenerator(Generator):
             raise ConfigError(f"synth.generator.root: no such directory: {self.root}")
 
     def class_dir(self, c: int) -> Path:
-        candidates = [str(c)]
-        if self.cfg.get("class_dirs"):
-            candidates = [str(self.cfg["class_dirs"][c])]
-        elif self.class_names is not None:
-            candidates.append(str(self.class_names[c]))
+        """Directory of class c: ``class_dirs[c]``, else ``classes.json[c]``, else ``c`` or its name."""
+        listed = self.cfg.get("class_dirs") or self._classes_json()
+        if listed:
+            if c >= len(listed):
+                raise ConfigError(f"synth.generator.root: {self.root} lists {len(listed)} classes, class {c} asked for")
+            candidates = [str(listed[c])]
+        else:
+            candidates = [str(c)] + ([str(self.class_names[c])] if self.class_names is not None else [])
         for name in candidates:
             if (self.root / name).is_dir():
                 return self.root / name
         raise ConfigError(f"synth.generator.root: no directory for class {c} ({' or '.join(candidates)}) in {self.root}")
+
+    def _classes_json(self) -> list[str] | None:
+        path = self.root / CLASSES_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = [], []
@@ -88,6 +98,9 @@ def write_image_folder(
 ) -> Path:
     """Write uint8 [N, C, H, W] images as ``root/<class name or index>/<nnnnn>.png``.
 
+    ``root/classes.json`` lists the class directories in label order, so the ``folder``
+    generator maps them back to labels even when the dataset has no class names.
+
     The folder appears whole or not at all: it is written beside ``root`` and renamed into place.
     """
     root = Path(root)
@@ -104,6 +117,9 @@ def write_image_folder(
         array = image.permute(1, 2, 0).numpy()
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(tmp / name / f"{k:05d}.png")
     tmp.mkdir(parents=True, exist_ok=True)
+    n_classes = len(class_names) if class_names is not None else int(labels.max()) + 1 if len(labels) else 0
+    dirs = [str(class_names[c]) if class_names is not None else str(c) for c in range(n_classes)]
+    (tmp / CLASSES_FILE).write_text(json.dumps(dirs))
     if root.exists():
         shutil.rmtree(root)
     root.parent.mkdir(parents=True, exist_ok=True)
