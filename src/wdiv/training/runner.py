@@ -164,7 +164,7 @@ def run(cfg, out_dir: Path) -> dict:
 
 def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     from wdiv.training import models, pretrained
-    from wdiv.training.augment import build_pipeline, build_transform
+    from wdiv.training.augment import build_pipeline
     from wdiv.training.data import build_splits, transformed
     from wdiv.training.evaluate import evaluate
     from wdiv.training.optim import build_optimizer
@@ -196,8 +196,7 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         info["diversity"] = measure_training_set(
             real=splits.real_train if splits.real_train is not None else splits.train,
             train=splits.train,
-            # the train-time augmentation on [0, 1] pixels (identity normalisation)
-            transform=build_transform(cfg.aug, mean=[0.0] * len(mean), std=[1.0] * len(std), size=size, raw_size=splits.image_size, train=True) if augmented else None,
+            transform=train_tf if augmented else None,  # per-image augmentation, before normalisation
             encoder=pre_logits_encoder(model, mean, std, size=size),
             cfg=cfg.diversity,
             seed=seed,
