@@ -145,6 +145,7 @@ def test_cli_lone_file_out_and_plots(tmp_path):
     assert (w.parent / "ckpt.spectra.csv").is_file()
 
 
+@pytest.mark.slow  # spawns worker processes that import torch: ~10-60 s on the shared 2-core box
 def test_cli_jobs_gives_identical_outputs(tmp_path):
     pre = save(make_model(0), tmp_path / "pretrained" / "model.safetensors")
     runs = [make_run(tmp_path / "runs", f"r{i}", i, pre) for i in range(2)]

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import sys
@@ -291,7 +292,8 @@ def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool) ->
         for key in tqdm(jobs_in, desc="checkpoints", unit="ckpt", disable=not progress or len(jobs_in) < 2):
             results[key] = analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress)
         return results
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: a forked child can hang on the parent's OpenMP/BLAS thread state
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futs = {key: pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs)
                 for key, path in jobs_in.items()}
         for key in tqdm(futs, desc="checkpoints", unit="ckpt", disable=not progress):
