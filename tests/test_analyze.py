@@ -130,6 +130,7 @@ def test_cli_base_from_run_json_is_analysed_once(tmp_path, monkeypatch):
     out = tmp_path / "self.csv"
     assert cli.main([str(pre), "--base", str(pre), "--out", str(out), "-q"]) == 0
     assert (pd.read_csv(out).filter(like="delta_").abs().to_numpy() == 0).all()
+    assert "delta_alpha" not in pd.read_csv(tmp_path / "self_base.csv")
 
 
 def test_cli_lone_file_out_and_plots(tmp_path):

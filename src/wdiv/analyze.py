@@ -40,7 +40,9 @@ class Target:
 
     @property
     def base_csv(self) -> Path:
-        return self.csv.with_name(self.csv.name.replace("spectra", "spectra_base", 1))
+        if "spectra" in self.csv.name:
+            return self.csv.with_name(self.csv.name.replace("spectra", "spectra_base", 1))
+        return self.csv.with_name(f"{self.csv.stem}_base{self.csv.suffix}")
 
 
 @dataclass
