@@ -20,7 +20,7 @@ from hydra import compose, initialize_config_dir
 from wdiv.diversity import measure_training_set, pre_logits_encoder
 from wdiv.train import CONFIG_DIR
 from wdiv.training import models, pretrained
-from wdiv.training.augment import build_transform
+from wdiv.training.augment import build_pipeline
 from wdiv.training.data import build_splits
 from wdiv.training.runner import runtime
 
@@ -52,7 +52,8 @@ def measure(overrides: list[str]) -> tuple[dict, float]:
     mean, std = models.normalisation(model, cfg.model)
     size = int(cfg.model.img_size)
     augmented = str(cfg.aug.policy) not in ("none", "")
-    transform = build_transform(cfg.aug, mean=[0.0] * len(mean), std=[1.0] * len(std), size=size, raw_size=splits.image_size, train=True) if augmented else None
+    per_image, _ = build_pipeline(cfg.aug, mean=mean, std=std, size=size, raw_size=splits.image_size, train=True)
+    transform = per_image if augmented else None
     t0 = time.perf_counter()
     out = measure_training_set(
         real=splits.real_train if splits.real_train is not None else splits.train,
