@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -37,29 +38,40 @@ def _text(value) -> str:
 
 def per_layer_d(layers: pd.DataFrame, metric: str) -> Figure:
     """D of one metric along the network: one panel per category, one line per level (seed mean,
-    band = min..max over seeds)."""
+    band = min..max over seeds); colour runs light to dark with strength, line style marks the
+    synthetic variant, and legends sit outside the panels so long grids stay readable."""
     col = f"D_{metric}"
     arms = _arms(layers["arm"])
-    fig, axes = _figure(1, max(len(arms), 1), width=5.0)
+    ncols = 2 if len(arms) > 1 else 1
+    nrows = max(1, -(-len(arms) // ncols))
+    fig, axes = _figure(nrows, ncols, width=6.5, height=3.4)
     order = layers.drop_duplicates("longname").sort_values("layer_order")["longname"].tolist()
     position = {name: i for i, name in enumerate(order)}
-    for ax, arm in zip(axes[0], arms):
+    styles = ["-", "--", ":", "-."]
+    for ax, arm in zip(axes.flat, arms):
         sub = layers[layers["arm"] == arm].assign(
             _x=lambda d: d["longname"].map(position), _variant=lambda d: d["variant"].map(_text)
         )
-        for (variant, _, level), grp in sub.groupby(["_variant", "level_index", sub["level"].map(_text)], sort=True):
+        levels = sub.drop_duplicates("level_index").sort_values("level_index")["level_index"].tolist()
+        shade = {lvl: cm.viridis(0.9 * i / max(len(levels) - 1, 1)) for i, lvl in enumerate(levels)}
+        variants = sorted(sub["_variant"].unique())
+        for (variant, idx, level), grp in sub.groupby(["_variant", "level_index", sub["level"].map(_text)], sort=True):
             per = grp.groupby("_x")[col].agg(["mean", "min", "max"]).sort_index()
-            label = f"{variant} {level}".strip()
-            (line,) = ax.plot(per.index, per["mean"], marker="o", ms=3, label=label)
-            ax.fill_between(per.index, per["min"], per["max"], color=line.get_color(), alpha=0.2, lw=0)
+            style = styles[variants.index(variant) % len(styles)]
+            ax.plot(per.index, per["mean"], style, marker="o", ms=3, color=shade[idx], label=f"{variant} {level}".strip())
+            ax.fill_between(per.index, per["min"], per["max"], color=shade[idx], alpha=0.15, lw=0)
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
         ax.set_title(arm)
         ax.set_xlabel("layer")
         ax.set_ylabel(f"D {metric}")
-        if len(order) <= 30:
+        if len(order) <= 40:
             ax.set_xticks(range(len(order)), order, rotation=90, fontsize=6)
-        ax.legend(fontsize=7, title="level", title_fontsize=7)
+        ax.legend(fontsize=6, title="level", title_fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=1 + len(variants) // 2)
+    for ax in list(axes.flat)[len(arms):]:
+        ax.set_visible(False)
     if not arms:
+        axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no non-baseline runs", ha="center", va="center")
     fig.suptitle(f"Per-layer double difference D of {metric} (band: range over seeds)")
     return fig
