@@ -41,7 +41,8 @@ def test_block_dropout_reaches_a_resnet_and_keeps_state_dict_keys():
     model = models.create(cfg, 3)
     ref = models.create(OmegaConf.merge(cfg, {"dropout": 0.0}), 3)
     assert model.state_dict().keys() == ref.state_dict().keys()
-    assert models.add_block_dropout(torch.nn.Sequential(), 0.1) == 0
+    with pytest.raises(ConfigError, match="^model.dropout_at:"):
+        models.add_block_dropout(torch.nn.Sequential(torch.nn.Linear(2, 2)), 0.1)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         model.train()
@@ -204,3 +205,21 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path):
             raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"status": "running"}
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "clip_rn50", "clip_vit_b32", "cnn_small"])
+def test_real_scale_model_configs_build_with_block_dropout(name):
+    from hydra import compose, initialize_config_dir
+
+    from wdiv.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={name}", "+exp=dropout", "level=0.3", "model.dropout_at=both"])
+    net = models.create(cfg.model, 10)  # architecture only: hub weights are never fetched in tests
+    size = int(cfg.model.img_size)
+    x = torch.randn(2, 3, size, size)
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    mean, std = models.normalisation(net, cfg.model)
+    assert len(mean) == len(std) == 3

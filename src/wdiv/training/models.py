@@ -21,7 +21,7 @@ from wdiv.training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-BLOCK_CLASSES = ("Block", "BasicBlock", "Bottleneck", "ResidualAttentionBlock")
+BLOCK_CLASSES = ("Block", "BasicBlock", "Bottleneck", "BottleneckBlock", "ResidualAttentionBlock")
 
 
 def create(model_cfg, num_classes: int) -> nn.Module:
@@ -57,6 +57,8 @@ def add_block_dropout(model: nn.Module, p: float) -> int:
         return F.dropout(output, p, module.training) if isinstance(output, torch.Tensor) else output
 
     blocks = [m for m in model.modules() if type(m).__name__ in BLOCK_CLASSES]
+    if not blocks and any(True for _ in model.parameters()):
+        raise ConfigError(f"model.dropout_at: no blocks ({', '.join(BLOCK_CLASSES)}) found in {type(model).__name__} for block dropout")
     for block in blocks:
         block.register_forward_hook(hook)
     return len(blocks)
