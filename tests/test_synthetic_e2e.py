@@ -81,3 +81,18 @@ def test_measuring_diversity_leaves_training_unchanged(tmp_path):
     assert with_div["diversity"]["rho"] < 1.0  # augmented rows differ from their originals
     assert with_div["metrics"] == without["metrics"]
     assert all((w1[k] == w2[k]).all() for k in w1)
+
+
+@pytest.mark.slow
+def test_multirun_runs_the_whole_grid(tmp_path):
+    proc = _cli("-m", "+exp=synthetic", *TINY, f"paths.runs_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    infos = [json.loads(p.read_text()) for p in sorted(tmp_path.rglob("run.json"))]
+    assert len(infos) == 18 and all(i["status"] == "complete" for i in infos)
+    cells = {(i["variant"], i["level"]) for i in infos}
+    assert cells == {(m, p) for m in ("replace", "add", "filtered") for p in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)}
+    for i in infos:
+        s = i["synth"]
+        n_real_split = s["n_real"] + s["n_synthetic"] if s["mode"] == "replace" else s["n_real"]
+        assert s["n_synthetic"] == round(s["p"] * n_real_split)
+        assert i["diversity"]["rho"] is not None
