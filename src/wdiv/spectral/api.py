@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .esd import eigvals_fn, gram_eigenvalues, pooled
+from .esd import eigvals_fn, eigvalsh_grams, gram_eigenvalues, gram_matrix, pooled, svd_eigenvalues
 from .options import AnalyzeOptions
 from .weights import LayerSpec, WeightSource, open_weights, select_layers, to_matrices
 
@@ -62,38 +62,61 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
 
 def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: bool = False,
                        desc: str | None = None) -> Iterator[LayerResult]:
-    """Yield LayerResults, layers of equal matrix shape decomposed together in batches."""
+    """Yield LayerResults; layers of equal matrix shape share one batched eigensolver call.
+
+    Each tensor is read, turned into its Gram matrices (float64, written straight into the
+    batch) and dropped, unless randomize/FARMS need W again; memory is one tensor + one batch
+    of M x M Gram matrices.
+    """
     specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                           max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
+    keep_w = opts.randomize or opts.farms
     bar = tqdm(total=len(specs), desc=desc or source.label, unit="layer", disable=not progress, leave=False)
     try:
         for batch in _shape_batches(specs, opts.batch_bytes):
-            mats = {}
-            results = []
+            m = batch[0].matrix_shape[1]
+            grams = torch.empty(sum(s.rf for s in batch), m, m, dtype=torch.float64, device=opts.device)
+            spans, kept, results = {}, {}, []
+            pos = 0
             for spec in batch:
                 tensor = source.tensor(spec.key)
                 if not bool(torch.isfinite(tensor).all()):
                     results.extend(_failed_rows(spec, opts, "weights contain NaN or Inf"))
                     continue
-                mats[spec.key] = to_matrices(spec, tensor)
-            evals = _batched_evals(list(mats.values()), opts.device)
-            for spec, ev in zip([s for s in batch if s.key in mats], evals):
-                results.extend(_analyse_layer(spec, mats[spec.key], ev, opts))
-            yield from results
+                mats = to_matrices(spec, tensor)
+                gram_matrix(mats, out=grams[pos:pos + spec.rf])
+                spans[spec.key] = (pos, pos + spec.rf)
+                pos += spec.rf
+                if keep_w:
+                    kept[spec.key] = mats
+                del tensor, mats
+            evals, suspect = eigvalsh_grams(grams[:pos])
+            del grams
+            for spec in batch:
+                if spec.key not in spans:
+                    continue
+                lo, hi = spans[spec.key]
+                ev = evals[lo:hi]
+                mats = kept.pop(spec.key, None)
+                if suspect[lo:hi].any():  # nearly rank-deficient: the SVD decides the small end
+                    mats = mats if mats is not None else to_matrices(spec, source.tensor(spec.key))
+                    ev = svd_eigenvalues(mats, device=opts.device)
+                results.extend(_analyse_layer(spec, mats, ev, opts))
+            yield from sorted(results, key=lambda r: (r.row["layer_id"], r.row.get("slice_id", 0)))
             bar.update(len(batch))
     finally:
         bar.close()
 
 
 def _shape_batches(specs: list[LayerSpec], batch_bytes: int) -> Iterator[list[LayerSpec]]:
-    """Group layers by matrix shape; cap each group's float64 footprint at batch_bytes."""
+    """Group layers by matrix shape; cap each group's float64 Gram footprint at batch_bytes."""
     groups: dict[tuple[int, int], list[LayerSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.matrix_shape, []).append(spec)
-    for (n, m), group in groups.items():
+    for (_, m), group in groups.items():
         batch, size = [], 0
         for spec in group:
-            nbytes = 8 * n * m * spec.rf
+            nbytes = 8 * m * m * spec.rf
             if batch and size + nbytes > batch_bytes:
                 yield batch
                 batch, size = [], 0
@@ -101,15 +124,6 @@ def _shape_batches(specs: list[LayerSpec], batch_bytes: int) -> Iterator[list[La
             size += nbytes
         if batch:
             yield batch
-
-
-def _batched_evals(stacks: list[torch.Tensor], device: str) -> list[np.ndarray]:
-    """Several (rf_i, N, M) stacks of one shape -> their (rf_i, M) eigenvalues, one solver call."""
-    if not stacks:
-        return []
-    evals = gram_eigenvalues(torch.cat(stacks) if len(stacks) > 1 else stacks[0], device=device)
-    sizes = [s.shape[0] for s in stacks]
-    return list(np.split(evals, np.cumsum(sizes)[:-1]))
 
 
 def conv2d_scale(spec: LayerSpec, pool: bool) -> float:
@@ -142,7 +156,8 @@ def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
     if opts.pool:
         parts = [(None, mats, pooled(evals) * scale)]
     else:
-        parts = [(i if spec.kind == "conv2d" else None, mats[i:i + 1], evals[i] * scale) for i in range(mats.shape[0])]
+        parts = [(i if spec.kind == "conv2d" else None, None if mats is None else mats[i:i + 1], evals[i] * scale)
+                 for i in range(evals.shape[0])]
     out = []
     for slice_id, w, ev in parts:
         rand_evals = _random_evals(spec, w, scale, opts, slice_id) if opts.randomize else None

@@ -22,22 +22,36 @@ _BLOCK_ELEMS = 1 << 23
 
 
 def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
-                block_elems: int = _BLOCK_ELEMS) -> torch.Tensor:
+                block_elems: int = _BLOCK_ELEMS, out: torch.Tensor | None = None) -> torch.Tensor:
     """(B, N, M) with N >= M -> float64 (B, M, M) W^T W, accumulated over row blocks.
 
     Only one block of rows is ever held in float64, so a float32 matrix never needs a full
-    float64 copy (memory stays ~ the input + M x M).
+    float64 copy (memory stays ~ the input + M x M). `out` receives the result if given.
     """
+    if mats.dim() == 2:
+        mats = mats.unsqueeze(0)
+    if mats.shape[-2] < mats.shape[-1]:
+        mats = mats.transpose(-2, -1)
     b, n, m = mats.shape
     rows = max(1, block_elems // max(1, b * m))
-    if rows >= n:
-        x = mats.to(device=device, dtype=torch.float64)
-        return x.transpose(-2, -1) @ x
-    gram = torch.zeros(b, m, m, dtype=torch.float64, device=device)
+    if out is None:
+        out = torch.empty(b, m, m, dtype=torch.float64, device=device)
+    out.zero_()
     for i in range(0, n, rows):
-        xb = mats[:, i:i + rows].to(device=device, dtype=torch.float64)
-        gram.baddbmm_(xb.transpose(-2, -1), xb)
-    return gram
+        xb = mats[:, i:i + rows].to(device=out.device, dtype=torch.float64)
+        out.baddbmm_(xb.transpose(-2, -1), xb)
+    return out
+
+
+def eigvalsh_grams(grams: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, M, M) Gram matrices -> ascending eigenvalues (B, M) and a per-matrix flag `suspect`.
+
+    suspect: the smallest eigenvalue is below _SVD_BELOW * the largest, where the Gram product
+    cannot be trusted; those matrices must be redone with `svd_eigenvalues`.
+    """
+    evals = torch.linalg.eigvalsh(grams)
+    suspect = evals[..., 0] <= _SVD_BELOW * evals[..., -1]
+    return evals.clamp_min(0.0).cpu().numpy(), suspect.cpu().numpy()
 
 
 def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
@@ -47,22 +61,17 @@ def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") 
     """
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
-    if mats.shape[-2] < mats.shape[-1]:
-        mats = mats.transpose(-2, -1)
-    evals = torch.linalg.eigvalsh(gram_matrix(mats, device=device))
-    suspect = evals[..., 0] <= _SVD_BELOW * evals[..., -1]
-    if bool(suspect.any()):
-        idx = suspect.nonzero().flatten().cpu()
-        sv = torch.linalg.svdvals(mats[idx].to(device=device, dtype=torch.float64))
-        evals[idx.to(evals.device)] = torch.flip(sv * sv, dims=[-1])
-    return evals.clamp_min(0.0).cpu().numpy()
+    evals, suspect = eigvalsh_grams(gram_matrix(mats, device=device))
+    if suspect.any():
+        evals[suspect] = svd_eigenvalues(mats[torch.from_numpy(suspect)], device=device)
+    return evals
 
 
-def svd_eigenvalues(mats: torch.Tensor) -> np.ndarray:
-    """Reference path: squared singular values from an SVD (slow; for tests and cross-checks)."""
+def svd_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
+    """Squared singular values from a float64 SVD, ascending (rank-deficient matrices, tests)."""
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
-    sv = torch.linalg.svdvals(mats.to(torch.float64))
+    sv = torch.linalg.svdvals(mats.to(device=device, dtype=torch.float64))
     return torch.flip(sv * sv, dims=[-1]).cpu().numpy()
 
 
