@@ -16,7 +16,7 @@ from wdiv.training.data import TensorImages
 from wdiv.training.errors import ConfigError
 
 MICRO = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
-AUG = {"crop_padding": 4, "randaugment_num_ops": 2, "randaugment_magnitude": 9, "noise_std": 0.03, "elastic_alpha": 50.0, "elastic_sigma": 5.0}
+AUG = {"crop_padding": 4, "randaugment_num_ops": 2, "randaugment_magnitude": 9, "noise_std": 0.03, "elastic_alpha": 2.0, "elastic_grid": 5}
 
 
 def micro(dropout=0.0, where="head", name="vit_tiny_patch16_224"):
@@ -93,6 +93,18 @@ def test_every_augment_level_gives_normalised_float_images(policy):
         torch.manual_seed(0)
         draws = [train(image) for _ in range(4)]
         assert any(not torch.equal(draws[0], d) for d in draws[1:])  # the policy really randomises
+
+
+def test_smooth_elastic_moves_pixels_by_a_bounded_smooth_field():
+    from wdiv.training.augment import SmoothElastic
+
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, :, 16] = 255  # a vertical line
+    torch.manual_seed(0)
+    out = SmoothElastic(2.0, 5)(image)
+    assert out.dtype == torch.uint8 and not torch.equal(out, image)
+    cols = (out[0].float() > 64).nonzero()[:, 1]
+    assert cols.min() >= 16 - 3 and cols.max() <= 16 + 3  # displaced at most ~alpha pixels
 
 
 def test_noise_level_sets_the_noise_std():
