@@ -168,3 +168,12 @@ def test_farms_column_is_the_fit_of_the_pooled_window_esd():
     big = analyze(m, farms=True, farms_window=16).set_index("longname")
     assert np.isnan(big.loc["conv", "alpha_farms"]) and big.loc["fc1", "alpha_farms"] > 0
     assert "alpha_farms" not in analyze(m)
+
+
+def test_cli_xmax_integer_drops_top_eigenvalues_like_the_api(tmp_path):
+    w = save(make_model(), tmp_path / "model.safetensors")
+    assert cli.main([str(w), "--xmax", "-1", "-q"]) == 0
+    got = pd.read_csv(tmp_path / "spectra.csv")
+    want = analyze(w, xmax=-1)
+    np.testing.assert_allclose(got.alpha, want.alpha, rtol=1e-12)
+    assert not np.allclose(got.alpha, analyze(w).alpha)

@@ -240,12 +240,23 @@ def write_outputs(t: Target, opts, df, base_df=None) -> None:
 # ------------------------------------------------------------------ CLI
 
 
+def _int_or_float(text: str):
+    if text == "force":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wdiv.analyze", description=__doc__.split("\n")[0])
     p.add_argument("paths", nargs="+", metavar="PATH", help="weights file, run dir, or tree of run dirs")
     g = p.add_argument_group("metrics")
     g.add_argument("--fit", choices=["ks", "hill", "powerlaw"], default="ks", help="power-law estimator (default ks)")
-    g.add_argument("--xmax", type=float, default=None, help="upper cut of the power-law fit")
+    g.add_argument("--xmax", type=_int_or_float, default=None,
+                   help="power-law fit upper cut: an integer k (e.g. -1) drops the |k| largest eigenvalues as "
+                        "WeightWatcher does, a float cuts at that eigenvalue, 'force' as WeightWatcher")
     g.add_argument("--fix-fingers", choices=["clip_xmax"], default=None)
     g.add_argument("--no-mp-fit", action="store_true", help="skip the Marchenko-Pastur fit")
     g.add_argument("--randomize", action="store_true", help="also analyse element-permuted W")

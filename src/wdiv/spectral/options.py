@@ -29,7 +29,7 @@ class FarmsOptions:
 @dataclass(frozen=True)
 class AnalyzeOptions:
     fit: str = "ks"  # power-law estimator: ks (WeightWatcher's), hill (TempBalance), powerlaw (package)
-    xmax: float | None = None  # upper cut of the power-law fit (None: no cut)
+    xmax: int | float | None = None  # fit upper cut: int k drops the k largest evals, float cuts there
     fix_fingers: str | None = None  # None | "clip_xmax"
     mp_fit: bool = True
     randomize: bool = False  # element-permuted W -> rand_distance, ww_softrank
