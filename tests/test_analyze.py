@@ -177,3 +177,11 @@ def test_cli_xmax_integer_drops_top_eigenvalues_like_the_api(tmp_path):
     want = analyze(w, xmax=-1)
     np.testing.assert_allclose(got.alpha, want.alpha, rtol=1e-12)
     assert not np.allclose(got.alpha, analyze(w).alpha)
+
+
+def test_half_precision_checkpoints_are_analysed_in_float64(tmp_path):
+    sd = {k: v.to(torch.bfloat16).contiguous() for k, v in make_model().state_dict().items()}
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    got = analyze(tmp_path / "model.safetensors", randomize=True, farms=True, farms_window=12)
+    want = analyze({k: v.double() for k, v in sd.items()}, randomize=True, farms=True, farms_window=12)
+    pd.testing.assert_frame_equal(got, want, rtol=1e-10)

@@ -150,7 +150,7 @@ def _failed_rows(spec: LayerSpec, opts: AnalyzeOptions, why: str) -> list[LayerR
                          "status": "failed", "warning": why}, None, error=why) for s in slices]
 
 
-def _analyse_layer(spec: LayerSpec, mats: torch.Tensor, evals: np.ndarray,
+def _analyse_layer(spec: LayerSpec, mats: torch.Tensor | None, evals: np.ndarray,
                    opts: AnalyzeOptions) -> list[LayerResult]:
     scale = conv2d_scale(spec, opts.pool)
     if opts.pool:
@@ -209,7 +209,7 @@ def _farms_alpha(w: torch.Tensor, scale: float, spec: LayerSpec, opts: AnalyzeOp
 
     try:
         seed = int(_layer_generator(spec, opts, slice_id, salt=2).initial_seed() % (1 << 31))
-        ev = np.concatenate([np.asarray(farms.farms_evals(w[i].numpy(), eigvals=eigvals_fn(opts.device),
+        ev = np.concatenate([np.asarray(farms.farms_evals(w[i].float().cpu().numpy(), eigvals=eigvals_fn(opts.device),
                                                           seed=seed, **opts.farms_options.kwargs()))
                              for i in range(w.shape[0])])
         fit = powerlaw.fit_power_law(np.sort(ev) * scale, method=opts.fit)
