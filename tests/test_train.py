@@ -157,6 +157,7 @@ def test_bad_config_exits_nonzero_with_one_line_naming_the_key(overrides, key, t
         (["aug.policy=autoaugment+sparkle"], "aug.policy"),
         (["+exp=weight_decay", "level=-1"], "level"),
         (["arm=bogus"], "arm"),
+        (["data=imagefolder", f"data.train_root={Path(__file__).parent}", f"data.test_root={Path(__file__).parent}"], "model.pretrained"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_key(overrides, key, tmp_path):

@@ -44,6 +44,8 @@ def validate(cfg) -> None:
     parse_policy(cfg.aug.policy)
     _check_data(cfg.data)
     _check_model(cfg.model)
+    if str(cfg.model.pretrained) == "builtin" and not cfg.data.get("source_classes"):
+        raise ConfigError(f"model.pretrained: builtin needs a source task (data.source_classes) and {cfg.data.name} has none; use hub, none or a weights file")
 
 
 def _check_data(data) -> None:
