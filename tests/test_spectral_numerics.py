@@ -197,3 +197,19 @@ def test_powerlaw_module_constants_match_weightwatcher():
     assert powerlaw.EVALS_THRESH == constants.EVALS_THRESH
     assert powerlaw.OVER_TRAINED_THRESH == constants.OVER_TRAINED_THRESH
     assert powerlaw.UNDER_TRAINED_THRESH == constants.UNDER_TRAINED_THRESH
+
+
+@pytest.mark.parametrize("kind", ["gauss", "pareto", "lowrank"])
+def test_branch_and_bound_scan_equals_full_scan(kind, monkeypatch):
+    rng = np.random.default_rng(12)
+    if kind == "gauss":
+        w = rng.standard_normal((1500, 1200))
+    elif kind == "pareto":
+        w = pareto_entries(rng, (1500, 1200), 2.0)
+    else:
+        w = rng.standard_normal((1500, 8)) @ rng.standard_normal((8, 1200)) + 0.5 * rng.standard_normal((1500, 1200))
+    ev = esd(w)
+    fast = fit_power_law(ev)
+    monkeypatch.setattr(powerlaw, "_FULL_SCAN_MAX", 10**9)
+    full = fit_power_law(ev)
+    assert fast == full

@@ -182,3 +182,17 @@ def test_small_samples_follow_weightwatcher_rules(n):
     fit = fit_power_law(data)
     for col, value in (("alpha", ref.alpha), ("xmin", ref.xmin), ("D", ref.D), ("sigma", ref.sigma)):
         assert _close(fit[col], value, rel=1e-9), (col, fit[col], value)
+
+
+def test_large_esd_equals_wwfit():
+    """Above 512 values the scan is a branch-and-bound; WeightWatcher's loop must agree."""
+    from weightwatcher.WW_powerlaw import WWFit
+
+    rng = np.random.default_rng(21)
+    w = _pareto(rng, (1000, 700), 2.5)
+    data = svd_evals(w.astype(np.float32))
+    with contextlib.redirect_stdout(io.StringIO()):
+        ref = WWFit(data[data > 1e-5])
+    fit = fit_power_law(data)
+    for col, value in (("alpha", ref.alpha), ("xmin", ref.xmin), ("D", ref.D), ("sigma", ref.sigma)):
+        assert _close(fit[col], value, rel=1e-9), (col, fit[col], value)
