@@ -105,7 +105,7 @@ def test_every_exp_runs_end_to_end_through_the_cli(exp, every_exp_run):
 def test_same_seed_is_bitwise_repeatable_and_seeds_differ(tmp_path):
     a = run_inprocess(tmp_path / "a", "+exp=dropout", "trainer.epochs=2", "seed=0")
     b = run_inprocess(tmp_path / "b", "+exp=dropout", "trainer.epochs=2", "seed=0")
-    c = run_inprocess(tmp_path / "c", "+exp=dropout", "trainer.epochs=2", "seed=1")
+    run_inprocess(tmp_path / "c", "+exp=dropout", "trainer.epochs=2", "seed=1")
     assert a["metrics"] == b["metrics"]
     assert_same_weights(weights(tmp_path / "a"), weights(tmp_path / "b"))
     assert not torch.equal(weights(tmp_path / "a")["head.weight"], weights(tmp_path / "c")["head.weight"])
