@@ -59,3 +59,12 @@ def test_embedded_default_baseline_reaches_090_target_accuracy(tmp_path):
     cli("+exp=baseline", "trainer.progress=false", f"paths.runs_dir={tmp_path}", cwd=tmp_path)
     info = json.loads((tmp_path / "baseline" / "default" / "seed0" / "run.json").read_text())
     assert info["model"] == "vit_small32" and info["metrics"]["test_acc"] >= 0.9
+
+
+@pytest.mark.gpu
+def test_cuda_run_uses_bf16_autocast_and_loader_workers(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cli("+exp=augment", "level=randaugment", *TINY, "trainer.device=auto", f"paths.runs_dir={tmp_path}", cwd=tmp_path)
+    info = json.loads((tmp_path / "augment" / "randaugment" / "seed0" / "run.json").read_text())
+    assert info["status"] == "complete" and info["device"].startswith("cuda")

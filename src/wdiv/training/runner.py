@@ -251,8 +251,9 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
 def _summary(info: dict, out_dir: Path) -> None:
     m = info.get("metrics") or {}
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    arm = info.get("arm") if info.get("level") is None else f"{info.get('arm')} {info.get('level')}"
     log.info(
-        "done %s/%s seed %s | test_acc %s | ece %s | ood_acc %s | wall %.1fs | %s",
-        info.get("arm"), info.get("level"), info.get("seed"),
+        "done %s seed %s | test_acc %s | ece %s | ood_acc %s | wall %.1fs | %s",
+        arm, info.get("seed"),
         fmt(m.get("test_acc")), fmt(m.get("test_ece")), fmt(m.get("ood_acc")), info.get("wall_time_s") or 0.0, out_dir,
     )
