@@ -118,21 +118,21 @@ def layer_metrics(evals, *, N: int, M: int, rf: int = 1, fit: str = "ks", xmax=N
     status, warning = pl.pop("status"), pl.pop("warning")
     row.update(pl)
     row.update(norm_metrics(evals, N=N, alpha=pl["alpha"]))
-    warnings = [warning] if warning else []
+    notes = [warning] if warning else []
     if mp_fit:
         try:
             fitted = mp_mod.mp_fit(evals, N=N, M=M)
             row.update({k: fitted[k] for k in MP_COLUMNS})
         except (ValueError, FloatingPointError) as exc:
             row.update({k: math.nan for k in MP_COLUMNS})
-            warnings.append(f"MP fit failed: {exc}")
+            notes.append(f"MP fit failed: {exc}")
     if rand_evals is not None:
         try:
             row.update(randomization_metrics(evals, rand_evals))
         except ValueError as exc:
             row.update({"rand_distance": math.nan, "ww_softrank": math.nan})
-            warnings.append(f"randomized ESD unusable: {exc}")
-    row["warning"] = "; ".join(warnings)
+            notes.append(f"randomized ESD unusable: {exc}")
+    row["warning"] = "; ".join(notes)
     row["status"] = status
     return row
 

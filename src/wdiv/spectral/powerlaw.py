@@ -67,6 +67,7 @@ def training_warning(alpha: float) -> str:
 
 def failed_fit(reason: str) -> dict:
     """The row of a fit that could not be made: NaN numbers, status failed, the reason."""
+    log.debug("power-law fit failed: %s", reason)
     nan = math.nan
     return {"alpha": nan, "xmin": nan, "xmax": nan, "D": nan, "sigma": nan,
             "num_pl_spikes": nan, "status": "failed", "warning": f"power-law fit failed: {reason}"}
