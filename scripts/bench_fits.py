@@ -61,7 +61,7 @@ def main() -> None:
         t_ww = best_time(ww_fits, 1)
         t_wdiv = best_time(wdiv_fits, args.repeat)
         print(f"{shape:>10} {t_eig * 1e3:8.1f}ms {t_ww * 1e3:8.0f}ms {t_wdiv * 1e3:8.1f}ms "
-              f"{t_ww / t_wdiv:7.0f}x {t_wdiv / t_eig:8.2f}x")
+              f"{t_ww / t_wdiv:7.0f}x {t_wdiv / t_eig:8.3f}x")
 
 
 if __name__ == "__main__":

@@ -213,3 +213,10 @@ def test_branch_and_bound_scan_equals_full_scan(kind, monkeypatch):
     monkeypatch.setattr(powerlaw, "_FULL_SCAN_MAX", 10**9)
     full = fit_power_law(ev)
     assert fast == full
+
+
+def test_hill_respects_xmax_and_shape_is_validated():
+    x = np.arange(1.0, 41.0)
+    assert fit_power_law(x, method="hill", xmax=20.0)["xmax"] == 20.0
+    with pytest.raises(ValueError, match="N >= M"):
+        layer_metrics(x, N=10, M=40)

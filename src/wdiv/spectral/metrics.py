@@ -109,6 +109,8 @@ def layer_metrics(evals, *, N: int, M: int, rf: int = 1, fit: str = "ks", xmax=N
     wdiv.spectral.powerlaw.fit_power_law; mp_fit: run the Marchenko-Pastur fit;
     rand_evals: ESD of the element-permuted W (adds rand_distance, ww_softrank).
     """
+    if N < M:
+        raise ValueError(f"layer_metrics needs N >= M (one matrix's larger dimension first), got N={N}, M={M}")
     evals = np.sort(np.maximum(np.asarray(evals, dtype=np.float64).ravel(), 0.0))
     row = {"N": N, "M": M, "Q": N / M, "rf": rf, "num_evals": len(evals)}
     if len(evals) == 0 or not np.all(np.isfinite(evals)):

@@ -120,7 +120,7 @@ def _fit(nz: np.ndarray, method: str, xmax: float | None) -> dict:
     if method == "ks":
         return ks_fit(nz, xmax=xmax)
     if method == "hill":
-        return hill_fit(nz)
+        return hill_fit(nz if xmax is None else nz[:_nearest_index(nz, xmax) + 1])
     return powerlaw_package_fit(nz, xmax=xmax)
 
 
