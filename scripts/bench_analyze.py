@@ -84,9 +84,9 @@ def main() -> None:
         n_layers = len(analyze(model))
         t_ww = t_ww_mp = float("nan")
         if not args.skip_ww:
-            import weightwatcher as ww
-
             with silenced():
+                import weightwatcher as ww
+
                 t_ww = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 1)
                 t_ww_mp = best_time(lambda: ww.WeightWatcher(model=model).analyze(mp_fit=True), 1)
         rows.append(f"{name:24s} {n_layers:6d} {t_ww:8.2f} {t_ww_mp:8.2f} {t_wdiv:7.2f} {t_floor:7.2f}  "
