@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_small32", help="a configs/model/*.yaml name")
     parser.add_argument("--rounds", type=int, default=4, help="epochs of each loop (alternating)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: trainer.batch_size")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -39,6 +39,7 @@ def main() -> None:
 
     with initialize_config_dir(config_dir=str(Path(CONFIG_DIR)), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={args.model}"])
+    args.batch_size = args.batch_size or int(cfg.trainer.batch_size)
     rt = Runtime(device=torch.device("cpu"), progress=True)
     splits = build_splits(cfg.data, cfg.paths, task="target")
     torch.manual_seed(0)
