@@ -128,9 +128,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 def test_changed_config_in_existing_run_dir_is_refused(tmp_path):
     from wdiv.training.errors import ConfigError
 
-    run_inprocess(tmp_path, "+exp=baseline")
+    first = run_inprocess(tmp_path, "+exp=baseline")
     with pytest.raises(ConfigError, match="optim.lr"):
         run_inprocess(tmp_path, "+exp=baseline", "optim.lr=0.1")
+    assert json.loads((tmp_path / "run.json").read_text()) == json.loads(json.dumps(first))  # left intact
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,8 @@ def run(cfg, out_dir: Path) -> dict:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         done = _previous(out_dir, resolved, bool(cfg.trainer.resume))
     except ConfigError as err:
-        write_json(out_dir / "run.json", {**info, "status": "failed", "error": str(err)})
+        if not (out_dir / "config.yaml").exists():  # never overwrite the record of a run already there
+            write_json(out_dir / "run.json", {**info, "status": "failed", "error": str(err)})
         raise
     if done is not None:
         log.info("already complete, nothing to do: %s", out_dir)
