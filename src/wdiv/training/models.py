@@ -6,6 +6,8 @@ Dropout placement (``model.dropout_at``):
   blocks - dropout on the output of every residual/transformer block (forward hooks, so the
            state-dict keys stay those of the plain model);
   both   - both of the above.
+timm's own in-block rates stay available through the model kwargs, e.g.
+``+model.kwargs.proj_drop_rate=0.1`` (or attn_drop_rate, drop_path_rate).
 """
 
 from __future__ import annotations
