@@ -194,14 +194,20 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         from wdiv.diversity import measure_training_set, pre_logits_encoder
 
         augmented = str(cfg.aug.policy) not in ("none", "")
-        info["diversity"] = measure_training_set(
-            real=splits.real_train if splits.real_train is not None else splits.train,
-            train=splits.train,
-            transform=train_tf if augmented else None,  # per-image augmentation, before normalisation
-            encoder=pre_logits_encoder(model, mean, std, size=size),
-            cfg=cfg.diversity,
-            seed=seed,
-        )
+        try:
+            info["diversity"] = measure_training_set(
+                real=splits.real_train if splits.real_train is not None else splits.train,
+                train=splits.train,
+                transform=train_tf if augmented else None,  # per-image augmentation, before normalisation
+                encoder=pre_logits_encoder(model, mean, std, size=size),
+                cfg=cfg.diversity,
+                seed=seed,
+            )
+        except ConfigError:
+            raise
+        except Exception as err:  # an auxiliary measurement must not cost the training run
+            log.warning("diversity not measured: %s: %s", type(err).__name__, err)
+            info["diversity"] = {"error": f"{type(err).__name__}: {err}"}
 
     optimizer = build_optimizer(model, cfg.optim)
     ckpt_dir = out_dir / "checkpoints"
