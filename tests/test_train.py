@@ -175,3 +175,15 @@ def test_multirun_sweeps_the_dropout_grid_into_readable_dirs(tmp_path):
     assert dirs == [f"dropout/p{p}/seed0" for p in ("0.1", "0.3", "0.5", "0.7")]
     levels = [json.loads((tmp_path / d / "run.json").read_text())["level_index"] for d in dirs]
     assert levels == [0, 1, 2, 3]
+
+
+def test_failing_diversity_measurement_is_recorded_not_fatal(tmp_path, monkeypatch):
+    import wdiv.diversity
+
+    def broken(**_kwargs):
+        raise ValueError("zero-norm rows")
+
+    monkeypatch.setattr(wdiv.diversity, "measure_training_set", broken)
+    info = run_inprocess(tmp_path, "+exp=baseline", "diversity.compute=true")
+    assert info["status"] == "complete"
+    assert info["diversity"] == {"error": "ValueError: zero-norm rows"}
