@@ -80,11 +80,12 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
             pos = 0
             for spec in batch:
                 tensor = source.tensor(spec.key)
-                if not bool(torch.isfinite(tensor).all()):
-                    results.extend(_failed_rows(spec, opts, "weights contain NaN or Inf"))
-                    continue
                 mats = to_matrices(spec, tensor)
-                gram_matrix(mats, out=grams[pos:pos + spec.rf])
+                gram = gram_matrix(mats, out=grams[pos:pos + spec.rf])
+                # diag(W^T W) = column sums of squares: finite iff every weight is (cheap check)
+                if not bool(torch.isfinite(gram.diagonal(dim1=-2, dim2=-1)).all()):
+                    results.extend(_failed_rows(spec, opts, "weights contain NaN or Inf (or overflow when squared)"))
+                    continue
                 spans[spec.key] = (pos, pos + spec.rf)
                 pos += spec.rf
                 if keep_w:

@@ -36,6 +36,9 @@ def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
     rows = max(1, block_elems // max(1, b * m))
     if out is None:
         out = torch.empty(b, m, m, dtype=torch.float64, device=device)
+    if rows >= n:
+        x = mats.to(device=out.device, dtype=torch.float64)
+        return torch.matmul(x.transpose(-2, -1), x, out=out)
     out.zero_()
     for i in range(0, n, rows):
         xb = mats[:, i:i + rows].to(device=out.device, dtype=torch.float64)
@@ -52,7 +55,7 @@ def _eigvalsh(grams: torch.Tensor) -> torch.Tensor:
     thread per core, each solving its share with one LAPACK thread; a lone matrix keeps all threads.
     """
     threads = torch.get_num_threads()
-    if grams.device.type != "cpu" or threads == 1 or grams.shape[0] == 1:
+    if grams.device.type != "cpu" or threads == 1 or grams.shape[0] <= 1:
         return torch.linalg.eigvalsh(grams)
     from concurrent.futures import ThreadPoolExecutor
 
