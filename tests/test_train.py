@@ -111,6 +111,13 @@ def test_same_seed_is_bitwise_repeatable_and_seeds_differ(tmp_path):
     assert not torch.equal(weights(tmp_path / "a")["head.weight"], weights(tmp_path / "c")["head.weight"])
 
 
+def test_progress_bars_do_not_change_results(tmp_path):
+    quiet = run_inprocess(tmp_path / "quiet", "+exp=baseline", "seed=0")
+    shown = run_inprocess(tmp_path / "shown", "+exp=baseline", "seed=0", "trainer.progress=true")
+    assert quiet["metrics"] == shown["metrics"]
+    assert_same_weights(weights(tmp_path / "quiet"), weights(tmp_path / "shown"))
+
+
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
     over = ["+exp=augment", "level=randaugment", "trainer.epochs=3", "seed=0"]
     full = run_inprocess(tmp_path / "full", *over)

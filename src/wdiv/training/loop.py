@@ -91,11 +91,11 @@ def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int],
     total_loss = torch.zeros((), dtype=torch.float64)
     correct, seen = 0, 0
     start = time.perf_counter()
-    batches = loader
-    if rt.progress:
+    batches = iter(loader)
+    if rt.progress:  # wrap the iterator, not the loader: tqdm(loader) draws from its generator
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+        batches = tqdm(batches, total=len(loader), desc=desc, leave=False, dynamic_ncols=True)
     for images, labels in batches:
         images = finish(images.to(rt.device, non_blocking=True))
         labels = labels.to(rt.device, non_blocking=True)
