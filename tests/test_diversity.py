@@ -46,9 +46,19 @@ def _plogp(eig):
     return float((p * np.log(p)).sum())
 
 
-def test_vendi_rejects_zero_rows():
-    with pytest.raises(ValueError, match="zero norm"):
-        vendi_score(np.zeros((3, 4)))
+def test_vendi_zero_rows_are_one_shared_item():
+    # all-zero rows (a blacked-out image) are identical to each other, orthogonal to the rest
+    assert vendi_score(np.zeros((3, 4))) == pytest.approx(1.0, abs=1e-9)
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(5, 3)))
+    X = np.vstack([q.T, np.zeros((3, 5))])  # 3 orthonormal rows + 3 zero rows: K is block diag(I3, 1)
+    expected = np.exp(-_plogp(np.array([1, 1, 1, 3]) / 6))
+    assert vendi_score(X) == pytest.approx(expected, rel=1e-9)
+    assert vendi_score(np.vstack([X, X[:1]])) != pytest.approx(vendi_score(X))  # not a dropped row
+
+
+def test_vendi_rejects_non_finite_rows():
+    with pytest.raises(ValueError, match="NaN"):
+        vendi_score(np.array([[1.0, np.nan], [0.0, 1.0]]))
 
 
 def test_fidelity_of_a_set_with_itself_is_one_and_orthogonal_is_zero():

@@ -55,14 +55,23 @@ def vendi_score(X: np.ndarray | torch.Tensor) -> float:
 
     The nonzero eigenvalues of ``K / n = Xn Xn^T / n`` equal those of ``Xn^T Xn / n`` (d x d), so
     the smaller of the two Gram matrices is decomposed (float64, torch: it honours the run's
-    ``torch.set_num_threads``). Rows must have nonzero norm.
+    ``torch.set_num_threads``).
+
+    Cosine similarity is undefined for an all-zero row (an augmentation can black out a digit), so
+    zero rows get the convention that keeps the kernel a valid similarity (k(x, x) = 1): they are
+    identical to each other and orthogonal to every nonzero row, i.e. they share one extra
+    direction. ``n`` zero rows alone therefore score 1, like ``n`` copies of one vector.
     """
     X = torch.as_tensor(X).detach().to("cpu", torch.float64)
     if X.ndim != 2 or X.shape[0] == 0:
         raise ValueError(f"vendi_score: need a non-empty 2-D matrix, got shape {tuple(X.shape)}")
+    if not bool(torch.isfinite(X).all()):
+        raise ValueError("vendi_score: rows contain NaN or Inf")
     norms = torch.linalg.vector_norm(X, dim=1)
-    if not bool((norms > 0).all()):
-        raise ValueError(f"vendi_score: {int((norms == 0).sum())} rows have zero norm (cosine undefined)")
+    zero = norms == 0
+    if bool(zero.any()):
+        X = torch.cat([X, zero.to(X.dtype)[:, None]], dim=1)
+        norms = torch.where(zero, torch.ones_like(norms), norms)
     Xn = X / norms[:, None]
     n, d = Xn.shape
     gram = Xn @ Xn.T if n <= d else Xn.T @ Xn
