@@ -13,35 +13,11 @@ Targets: wdiv/floor <= 1.5, WW(mp_fit)/wdiv >= 20, WW(default)/wdiv >= 3.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
-import time
-import warnings
 
 import torch
+from _bench import best_time, silenced
 
 MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "resnet50"]
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-@contextlib.contextmanager
-def silenced():
-    logging.disable(logging.CRITICAL)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
 
 
 def floor_fn(model):

@@ -10,21 +10,10 @@ Prints the best-of-repeat times and the ratios, measured in this one run.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import logging
-import time
 
 import numpy as np
-
-
-def best_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from _bench import best_time, silenced
 
 
 def main() -> None:
@@ -34,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with silenced():
         import weightwatcher as ww
         from weightwatcher.WW_powerlaw import WWFit
     from wdiv.spectral.mp import mp_fit
@@ -50,7 +39,7 @@ def main() -> None:
         t_eig = best_time(lambda: np.linalg.eigvalsh(w.T @ w), args.repeat)
 
         def ww_fits():
-            with contextlib.redirect_stdout(io.StringIO()):
+            with silenced():
                 WWFit(evals[evals > EVALS_THRESH])
                 watcher.mp_fit(evals, n, m, 1, "", 0, 0, False, False, "", "b", 0.5, True, evals)
 

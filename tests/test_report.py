@@ -1,6 +1,5 @@
 """wdiv.report on a fabricated analysed study with known injected effects (no training needed)."""
 
-import math
 import subprocess
 import sys
 
