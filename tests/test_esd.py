@@ -63,3 +63,6 @@ def test_blockwise_gram_equals_one_shot():
     one = gram_matrix(w)
     blocks = gram_matrix(w, block_elems=3 * 40 * 64)  # 64-row blocks
     torch.testing.assert_close(blocks, one, rtol=1e-12, atol=1e-10)
+    w64 = w.double()
+    reference = w64.transpose(-2, -1) @ w64  # the full symmetric W^T W, both triangles
+    torch.testing.assert_close(one, reference, rtol=1e-12, atol=1e-10)
