@@ -71,13 +71,6 @@ def mp_density(x: np.ndarray, sigma, Q: float) -> np.ndarray:
     return np.nan_to_num(val)
 
 
-def quarter_circle_density(x: np.ndarray, sigma) -> np.ndarray:
-    """Quarter-circle law of the singular values of a square random matrix (0 outside)."""
-    with np.errstate(all="ignore"):
-        val = (1 / (np.pi * sigma * sigma)) * np.sqrt(4 - x ** 2)
-    return np.nan_to_num(val)
-
-
 class _Residual:
     """WeightWatcher's resid_mp objective with the KDE computed once: sigma(s) -> sum of squares.
 

@@ -45,7 +45,6 @@ class Schedule:
     batch_size: int
     lr_schedule: str = "cosine"
     warmup_epochs: float = 0.0
-    grad_clip: float | None = None
     stop_after_epoch: int | None = None  # test hook: checkpoint, then stop as if killed
 
 

@@ -94,21 +94,6 @@ def normalisation(model: nn.Module, model_cfg) -> tuple[list[float], list[float]
     return [float(m) for m in mean], [float(s) for s in std]
 
 
-def embedder(model: nn.Module):
-    """x (normalised batch) -> pre-logit features, for diversity measures in embedding space."""
-
-    @torch.no_grad()
-    def embed(x: torch.Tensor) -> torch.Tensor:
-        was_training = model.training
-        model.eval()
-        try:
-            return model.forward_head(model.forward_features(x), pre_logits=True)
-        finally:
-            model.train(was_training)
-
-    return embed
-
-
 def local_weights_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if not path.is_file():
