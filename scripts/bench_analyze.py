@@ -34,7 +34,7 @@ def floor_fn(model):
                 x = x.T
             torch.linalg.eigvalsh(x.T @ x)
 
-    return run, len(mats)
+    return run
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False).eval()
-        floor, n_mats = floor_fn(model)
+        floor = floor_fn(model)
         t_floor = best_time(floor, args.repeat)
         t_wdiv = best_time(lambda: analyze(model), args.repeat)
         n_layers = len(analyze(model))
