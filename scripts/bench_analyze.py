@@ -3,7 +3,8 @@
 For each random-init timm model: WeightWatcher analyze() with its defaults, WeightWatcher
 analyze(mp_fit=True) (the study's setting), wdiv's analyze() with its full default metric set
 (MP fit included), and the floor = float64 eigvalsh of the Gram matrix of every matrix wdiv
-analyses, nothing else. Prints the three ratios per model.
+analyses, nothing else, timed with torch's solver, numpy's, and numpy's per core, the
+fastest taken (see floor_fns). Prints the three ratios per model.
 Targets: wdiv/floor <= 1.5, WW(mp_fit)/wdiv >= 20, WW(default)/wdiv >= 3.
 
     python scripts/bench_analyze.py                      # the three models
@@ -20,21 +21,42 @@ from _bench import best_time, silenced
 MODELS = ["vit_small_patch16_224", "vit_base_patch16_224", "resnet50"]
 
 
-def floor_fn(model):
-    """The eigensolver floor: float64 eigvalsh of W^T W for every matrix wdiv analyses."""
+def floor_fns(model) -> dict:
+    """The eigensolver floor, three ways; the fastest is the floor.
+
+    Each computes float64 eigvalsh of the Gram matrix of every matrix wdiv analyses, nothing
+    else: torch (MKL) one matrix at a time with all threads; numpy (OpenBLAS) the same; and
+    numpy with one single-threaded BLAS per core, matrices shared out largest first.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
     from wdiv.spectral.weights import open_weights, select_layers, to_matrices
 
     src = open_weights(model)
     mats = [m for spec in select_layers(src) for m in to_matrices(spec, src.tensor(spec.key))]
+    arrays = sorted((m.numpy() for m in mats), key=lambda a: -a.size * min(a.shape))
 
-    def run():
+    def torch_serial():
         for w in mats:
             x = w.to(torch.float64)
-            if x.shape[0] < x.shape[1]:
-                x = x.T
             torch.linalg.eigvalsh(x.T @ x)
 
-    return run
+    def numpy_one(a):
+        x = a.astype(np.float64)
+        return np.linalg.eigvalsh(x.T @ x)
+
+    def numpy_serial():
+        for a in arrays:
+            numpy_one(a)
+
+    def numpy_per_core():
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(torch.get_num_threads()) as pool:
+            list(pool.map(numpy_one, arrays))
+
+    return {"torch": torch_serial, "numpy": numpy_serial, "numpy/core": numpy_per_core}
 
 
 def main() -> None:
@@ -54,8 +76,9 @@ def main() -> None:
     for name in args.models:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False).eval()
-        floor = floor_fn(model)
-        t_floor = best_time(floor, args.repeat)
+        floors = {k: best_time(fn, args.repeat) for k, fn in floor_fns(model).items()}
+        t_floor = min(floors.values())
+        print(f"{name}: floor candidates " + ", ".join(f"{k} {v:.2f} s" for k, v in floors.items()), flush=True)
         t_wdiv = best_time(lambda: analyze(model), args.repeat)
         n_layers = len(analyze(model))
         t_ww = t_ww_mp = float("nan")

@@ -66,3 +66,45 @@ def test_blockwise_gram_equals_one_shot():
     w64 = w.double()
     reference = w64.transpose(-2, -1) @ w64  # the full symmetric W^T W, both triangles
     torch.testing.assert_close(one, reference, rtol=1e-12, atol=1e-10)
+
+
+def test_blockwise_numpy_gram_equals_full_product_both_orientations():
+    from wdiv.spectral.esd import gram_numpy
+
+    w = torch.randn(500, 40, generator=torch.Generator().manual_seed(4)).numpy()
+    reference = w.astype(np.float64).T @ w.astype(np.float64)
+    np.testing.assert_allclose(gram_numpy(w), reference, rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(gram_numpy(w, block_elems=64 * 40), reference, rtol=1e-12, atol=1e-10)  # 8 blocks
+    np.testing.assert_allclose(gram_numpy(np.ascontiguousarray(w.T), block_elems=64 * 40), reference,
+                               rtol=1e-12, atol=1e-10)  # wide input: the smaller side's Gram
+
+
+def _solver_stacks():
+    g = torch.Generator().manual_seed(5)
+    stacks = [torch.randn(9, 96, 48, generator=g), torch.randn(9, 96, 48, generator=g) * 3,
+              torch.randn(9, 96, 48, generator=g).to(torch.bfloat16)]
+    poisoned = torch.randn(9, 96, 48, generator=g)
+    poisoned[4, 7, 3] = float("nan")
+    return stacks + [poisoned]
+
+
+def test_solver_pool_serial_and_torch_paths_agree():
+    """The per-core numpy pool, the single-thread path and the batched torch path (what CUDA
+    runs) give the same eigenvalues; a NaN stack is flagged without poisoning its batch."""
+    from wdiv.spectral.esd import EigenSolver, _eigs_torch
+
+    stacks = _solver_stacks()
+    with EigenSolver("cpu", workers=2) as solver:
+        pooled_results = [h.result() for h in solver.submit(stacks)]
+    with EigenSolver("cpu", workers=1) as solver:
+        serial_results = [h.result() for h in solver.submit(stacks)]
+    torch_results = _eigs_torch(stacks, torch.device("cpu"))
+    assert [r[2] for r in pooled_results] == [r[2] for r in serial_results] == [r[2] for r in torch_results] \
+        == [True, True, True, False]
+    for (ev_p, sus_p, _), (ev_s, _, _), (ev_t, sus_t, _) in zip(pooled_results[:3], serial_results, torch_results):
+        assert ev_p.shape == (9, 48) and np.all(np.diff(ev_p, axis=1) >= 0)
+        np.testing.assert_allclose(ev_p, ev_s, rtol=1e-12)
+        np.testing.assert_allclose(ev_p, ev_t, rtol=1e-10)
+        assert not sus_p.any() and not sus_t.any()
+    reference = svd_eigenvalues(stacks[2].float())
+    np.testing.assert_allclose(pooled_results[2][0], reference, rtol=1e-9)

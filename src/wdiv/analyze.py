@@ -134,9 +134,16 @@ def attach_bases(targets: list[Target], base: str) -> None:
 
 
 def _set_threads(jobs: int) -> None:
+    """Share the cores among `jobs` parallel checkpoints: torch's threads (the eigensolver's
+    workers follow them) and, in a spawned worker process, numpy's BLAS threads too."""
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    torch.set_num_threads(threads)
+    if jobs > 1:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")  # process-wide: this process is one job
 
 
 def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progress: bool = False,

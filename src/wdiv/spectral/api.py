@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
+from itertools import chain
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .esd import eigvals_fn, eigvalsh_grams, gram_eigenvalues, gram_matrix, pooled, svd_eigenvalues
+from .esd import EigenSolver, eigvals_fn, gram_eigenvalues, pooled, svd_eigenvalues
 from .options import AnalyzeOptions
 from .weights import LayerSpec, WeightSource, open_weights, select_layers, to_matrices
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ["layer_id", "name", "longname", "N", "M", "Q", "rf", "num_evals"]
 # Columns that describe the layer, not its spectrum: never turned into deltas.
 NOT_METRICS = set(ID_COLUMNS) | {"slice_id"}
+INFLIGHT_BATCHES = 4  # layers queued on the eigensolver, in units of opts.batch_bytes
 
 
 @dataclass
@@ -62,62 +65,61 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
 
 def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: bool = False,
                        desc: str | None = None) -> Iterator[LayerResult]:
-    """Yield LayerResults; layers of equal matrix shape share one batched eigensolver call.
+    """Yield LayerResults, layer by layer in the order their eigenvalues were queued.
 
-    Each tensor is read, turned into its Gram matrices (float64, written straight into the
-    batch) and dropped, unless randomize/FARMS need W again; memory is one tensor + one batch
-    of M x M Gram matrices.
+    Layers are read and queued on the EigenSolver a batch of same-shape layers at a time
+    (one batched call on CUDA); while its workers solve the queued layers this thread
+    computes the metrics of the finished ones, so the fits cost little wall time beyond the
+    eigenvalues. Memory: the queued tensors are capped at INFLIGHT_BATCHES * opts.batch_bytes
+    (or one batch, if larger), plus one Gram matrix per worker.
     """
     specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                           max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
-    keep_w = opts.randomize or opts.farms
+    budget = INFLIGHT_BATCHES * opts.batch_bytes
     bar = tqdm(total=len(specs), desc=desc or source.label, unit="layer", disable=not progress, leave=False)
     try:
-        for batch in _shape_batches(specs, opts.batch_bytes):
-            m = batch[0].matrix_shape[1]
-            grams = torch.empty(sum(s.rf for s in batch), m, m, dtype=torch.float64, device=opts.device)
-            spans, kept, results = {}, {}, []
-            pos = 0
-            for spec in batch:
-                tensor = source.tensor(spec.key)
-                mats = to_matrices(spec, tensor)
-                gram = gram_matrix(mats, out=grams[pos:pos + spec.rf])
-                # diag(W^T W) = column sums of squares: finite iff every weight is (cheap check)
-                if not bool(torch.isfinite(gram.diagonal(dim1=-2, dim2=-1)).all()):
-                    results.extend(_failed_rows(spec, opts, "weights contain NaN or Inf (or overflow when squared)"))
-                    continue
-                spans[spec.key] = (pos, pos + spec.rf)
-                pos += spec.rf
-                if keep_w:
-                    kept[spec.key] = mats
-                del tensor, mats
-            evals, suspect = eigvalsh_grams(grams[:pos])
-            del grams
-            for spec in batch:
-                if spec.key not in spans:
-                    continue
-                lo, hi = spans[spec.key]
-                ev = evals[lo:hi]
-                mats = kept.pop(spec.key, None)
-                if suspect[lo:hi].any():  # nearly rank-deficient: the SVD decides the small end
-                    mats = mats if mats is not None else to_matrices(spec, source.tensor(spec.key))
-                    ev = svd_eigenvalues(mats, device=opts.device)
-                results.extend(_analyse_layer(spec, mats, ev, opts))
-            yield from sorted(results, key=lambda r: (r.row["layer_id"], r.row.get("slice_id", 0)))
-            bar.update(len(batch))
+        with EigenSolver(opts.device) as solver:
+            queued: deque = deque()
+            queued_bytes = 0
+            for batch in chain(_shape_batches(specs, opts.batch_bytes), [None]):  # None: drain
+                if batch is not None:
+                    stacks = [to_matrices(spec, source.tensor(spec.key)) for spec in batch]
+                    queued.extend(zip(batch, stacks, solver.submit(stacks)))
+                    queued_bytes += sum(_layer_bytes(spec) for spec in batch)
+                while queued and (queued_bytes > budget or batch is None):
+                    spec, mats, handle = queued.popleft()
+                    queued_bytes -= _layer_bytes(spec)
+                    yield from _finish_layer(spec, mats, handle.result(), opts)
+                    bar.update(1)
     finally:
         bar.close()
 
 
+def _finish_layer(spec: LayerSpec, mats: torch.Tensor, solved, opts: AnalyzeOptions) -> list[LayerResult]:
+    """A solved layer -> its LayerResults (NaN layer: failed; nearly rank-deficient: via SVD)."""
+    ev, suspect, finite = solved
+    if not finite:
+        return _failed_rows(spec, opts, "weights contain NaN or Inf (or overflow when squared)")
+    if suspect.any():  # nearly rank-deficient: the SVD decides the small end
+        ev = svd_eigenvalues(mats, device=opts.device)
+    return _analyse_layer(spec, mats if opts.randomize or opts.farms else None, ev, opts)
+
+
+def _layer_bytes(spec: LayerSpec) -> int:
+    """What a queued layer holds: its float32 matrices, or its float64 Gram matrices."""
+    n, m = spec.matrix_shape
+    return max(8 * m * m, 4 * n * m) * spec.rf
+
+
 def _shape_batches(specs: list[LayerSpec], batch_bytes: int) -> Iterator[list[LayerSpec]]:
-    """Group layers by matrix shape; cap each group's float64 Gram footprint at batch_bytes."""
+    """Group layers by matrix shape; cap each group's bytes (float64 Grams or float32 tensors)."""
     groups: dict[tuple[int, int], list[LayerSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.matrix_shape, []).append(spec)
-    for (_, m), group in groups.items():
+    for group in groups.values():
         batch, size = [], 0
         for spec in group:
-            nbytes = 8 * m * m * spec.rf
+            nbytes = _layer_bytes(spec)
             if batch and size + nbytes > batch_bytes:
                 yield batch
                 batch, size = [], 0

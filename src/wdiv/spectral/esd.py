@@ -8,9 +8,18 @@ resolve is the smallest end of a (nearly) rank-deficient matrix, which decides t
 rank and so the matrix entropy; a matrix whose smallest Gram eigenvalue is below
 ``_SVD_BELOW * lambda_max`` is therefore redone with a float64 SVD (rare: random and trained
 weights sit far above it).
+
+Why numpy on CPU and torch on CUDA: torch's CPU wheels link MKL, whose float64 GEMM and
+syevd run 1.5-2x slower than numpy's OpenBLAS on AMD cores (measured on this project's
+machine: 512 x 512 eigvalsh 16.2 vs 11.4 ms, the 1024 x 512 Gram product 12.8 vs 6.2 ms,
+one thread each), and numpy releases the GIL in both calls, so one Python thread per core
+scales (1.9x on 2 cores), where scipy's LAPACK wrappers hold it.
 """
 
 from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -21,12 +30,70 @@ _SVD_BELOW = 1e-10
 _BLOCK_ELEMS = 1 << 23
 
 
+# ------------------------------------------------------------------ CPU: numpy / OpenBLAS
+
+
+def _as_numpy(w: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a numpy array without copying when numpy knows its dtype."""
+    w = w.detach()
+    if w.dtype not in (torch.float32, torch.float64):
+        w = w.float()  # bf16/fp16: numpy has no bf16
+    return w.cpu().numpy()
+
+
+def gram_numpy(w: np.ndarray, *, block_elems: int = _BLOCK_ELEMS) -> np.ndarray:
+    """(N, M) matrix -> float64 Gram matrix of its smaller side, accumulated over blocks.
+
+    Only one block is ever held in float64, so a float32 matrix never needs a full float64
+    copy. Each block product is ``x.T @ x`` on one contiguous buffer, which numpy hands to
+    BLAS syrk (half the flops of a general product).
+    """
+    if w.shape[0] < w.shape[1]:
+        w = w.T
+    n, m = w.shape
+    rows = max(1, block_elems // max(1, m))
+    gram = None
+    for i in range(0, n, rows):
+        x = np.asarray(w[i:i + rows], dtype=np.float64, order="C")
+        part = x.T @ x
+        gram = part if gram is None else np.add(gram, part, out=gram)
+    return gram
+
+
+def _eigs_numpy(w: np.ndarray) -> tuple[np.ndarray, bool, bool]:
+    """One matrix -> (ascending eigenvalues of its Gram matrix, suspect, finite)."""
+    gram = gram_numpy(w)
+    if not np.isfinite(np.diagonal(gram)).all():  # diag = column sums of squares: finite iff W is
+        return np.full(gram.shape[0], np.nan), False, False
+    ev = np.linalg.eigvalsh(gram)
+    return np.maximum(ev, 0.0), bool(ev[0] <= _SVD_BELOW * ev[-1]), True
+
+
+_CONTROLLER = None
+
+
+def _blas_threads(n: int):
+    """Pin numpy's BLAS to n threads, so per-core workers do not oversubscribe the cores.
+
+    threadpoolctl's controller is built once: finding the loaded BLAS libraries costs ms.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=n, user_api="blas")
+
+
+# ------------------------------------------------------------------ CUDA (and CPU torch): torch
+
+
 def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
                 block_elems: int = _BLOCK_ELEMS, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, N, M) with N >= M -> float64 (B, M, M) W^T W, accumulated over row blocks.
+    """(B, N, M) with N >= M -> float64 (B, M, M) W^T W on `device`, accumulated over row blocks.
 
-    Only one block of rows is ever held in float64, so a float32 matrix never needs a full
-    float64 copy (memory stays ~ the input + M x M). `out` receives the result if given.
+    Only one block of rows is ever held in float64 (memory ~ the input + M x M). `out`
+    receives the result if given. The torch path, used for CUDA.
     """
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
@@ -46,53 +113,100 @@ def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
     return out
 
 
-def _eigvalsh(grams: torch.Tensor) -> torch.Tensor:
-    """Batched symmetric eigenvalues using every core without oversubscribing them.
+def _eigs_torch(mats: list[torch.Tensor], device) -> list[tuple[np.ndarray, np.ndarray, bool]]:
+    """Same-shape (rf, N, M) stacks -> one Gram buffer and one batched eigvalsh call on `device`."""
+    m = min(mats[0].shape[-2:])
+    grams = torch.empty(sum(x.shape[0] for x in mats), m, m, dtype=torch.float64, device=device)
+    bounds, pos = [], 0
+    for x in mats:
+        gram_matrix(x, out=grams[pos:pos + x.shape[0]])
+        bounds.append((pos, pos + x.shape[0]))
+        pos += x.shape[0]
+    finite = torch.isfinite(grams.diagonal(dim1=-2, dim2=-1)).all(dim=-1).cpu().numpy()
+    grams[~torch.from_numpy(finite).to(device)] = 0.0  # a NaN layer must not poison the batch call
+    evals = torch.linalg.eigvalsh(grams)
+    suspect = (evals[..., 0] <= _SVD_BELOW * evals[..., -1]).cpu().numpy()
+    evals = evals.clamp_min(0.0).cpu().numpy()
+    return [(evals[lo:hi], suspect[lo:hi], bool(finite[lo:hi].all())) for lo, hi in bounds]
 
-    Why not one torch.linalg.eigvalsh call: on CPU, torch's batched eigensolver combined with
-    its multithreaded LAPACK oversubscribes the cores (measured 30x slower than single-threaded
-    on 12 384x384 matrices on a busy 2-core machine). A batch is therefore split over one Python
-    thread per core, each solving its share with one LAPACK thread; a lone matrix keeps all threads.
+
+# ------------------------------------------------------------------ the solver
+
+
+class EigenSolver:
+    """Gram eigenvalues of (rf, N, M) stacks, computed while the caller goes on.
+
+    CPU: each matrix is one job for a pool of `workers` Python threads (default: torch's
+    thread count, which ``--jobs`` divides), numpy's BLAS pinned to one thread each; with one
+    worker the jobs run at submit time on BLAS's own threads (one big matrix).
+    CUDA: the stacks of one submit are one batched torch call. `submit(stacks)` returns one
+    handle per stack whose result() is (evals (rf, M) ascending, suspect (rf,), finite).
+    Use as a context manager.
     """
-    threads = torch.get_num_threads()
-    if grams.device.type != "cpu" or threads == 1 or grams.shape[0] <= 1:
-        return torch.linalg.eigvalsh(grams)
-    from concurrent.futures import ThreadPoolExecutor
 
-    out = torch.empty(grams.shape[:-1], dtype=grams.dtype)
-    chunks = [c for c in torch.arange(grams.shape[0]).tensor_split(min(threads, grams.shape[0])) if len(c)]
+    def __init__(self, device: str | torch.device = "cpu", workers: int | None = None):
+        self.device = torch.device(device)
+        self.workers = workers or torch.get_num_threads()
+        self._pool: ThreadPoolExecutor | None = None
+        self._stack = contextlib.ExitStack()
 
-    def solve(idx):
-        out[idx] = torch.linalg.eigvalsh(grams[idx])
+    def __enter__(self) -> "EigenSolver":
+        if self.device.type == "cpu" and self.workers > 1:
+            self._stack.enter_context(_blas_threads(1))
+            self._pool = self._stack.enter_context(ThreadPoolExecutor(self.workers, thread_name_prefix="wdiv-eig"))
+        return self
 
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(max_workers=len(chunks)) as pool:
-            list(pool.map(solve, chunks))
-    finally:
-        torch.set_num_threads(threads)
-    return out
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+        self._pool = None
+
+    def submit(self, stacks: list[torch.Tensor]) -> list:
+        """Queue same-shape stacks; one handle per stack, whose result() is (evals, suspect, finite)."""
+        if self.device.type != "cpu":
+            return [_Done(r) for r in _eigs_torch(stacks, self.device)]
+        arrays = [_as_numpy(x) for x in stacks]
+        if self._pool is None:
+            return [_Done(_collect([_eigs_numpy(m) for m in a])) for a in arrays]
+        return [_Gathered([self._pool.submit(_eigs_numpy, m) for m in a]) for a in arrays]
 
 
-def eigvalsh_grams(grams: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(B, M, M) Gram matrices -> ascending eigenvalues (B, M) and a per-matrix flag `suspect`.
+def _collect(parts: list[tuple[np.ndarray, bool, bool]]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Per-matrix results of one stack -> (evals (rf, M), suspect (rf,), all finite)."""
+    return np.stack([p[0] for p in parts]), np.array([p[1] for p in parts]), all(p[2] for p in parts)
 
-    suspect: the smallest eigenvalue is below _SVD_BELOW * the largest, where the Gram product
-    cannot be trusted; those matrices must be redone with `svd_eigenvalues`.
-    """
-    evals = _eigvalsh(grams)
-    suspect = evals[..., 0] <= _SVD_BELOW * evals[..., -1]
-    return evals.clamp_min(0.0).cpu().numpy(), suspect.cpu().numpy()
+
+class _Done:
+    """A result computed at submit time (CUDA, or a single worker)."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def result(self):
+        return self._value
+
+
+class _Gathered:
+    """The per-matrix futures of one stack, read back as one result."""
+
+    def __init__(self, jobs: list[Future]):
+        self._jobs = jobs
+
+    def result(self):
+        return _collect([f.result() for f in self._jobs])
+
+
+# ------------------------------------------------------------------ one-call helpers
 
 
 def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
     """(B, N, M) stack -> (B, min(N, M)) eigenvalues of each W^T W, ascending, float64.
 
-    Batched: one Gram product and one batched symmetric eigensolver call for the whole stack.
+    Matrices whose Gram result is suspect (nearly rank-deficient) come from an SVD instead.
     """
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
-    evals, suspect = eigvalsh_grams(gram_matrix(mats, device=device))
+    with EigenSolver(device, workers=None if mats.shape[0] > 1 else 1) as solver:
+        evals, suspect, _ = solver.submit([mats])[0].result()
     if suspect.any():
         evals[suspect] = svd_eigenvalues(mats[torch.from_numpy(suspect)], device=device)
     return evals

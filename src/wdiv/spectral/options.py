@@ -43,7 +43,7 @@ class AnalyzeOptions:
     max_evals: int = 15000
     max_N: int = 50000
     device: str = "cpu"
-    batch_bytes: int = 64 << 20  # float64 bytes of the M x M Gram matrices decomposed in one call
+    batch_bytes: int = 64 << 20  # per batch of same-shape layers: float64 Gram or float32 tensor bytes
 
     def __post_init__(self):
         if self.fit not in FITS:
