@@ -26,13 +26,16 @@ def floor_fns(model) -> dict:
 
     Each computes float64 eigvalsh of the Gram matrix of every matrix wdiv analyses, nothing
     else: torch (MKL) one matrix at a time with all threads; numpy (OpenBLAS) the same; and
-    numpy with one single-threaded BLAS per core, matrices shared out largest first.
+    one thread per core with a single-threaded BLAS each, matrices shared out largest first,
+    the Gram product by numpy and dsyevd called without the GIL (wdiv.spectral.lapack, the
+    same LAPACK numpy uses).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     from threadpoolctl import threadpool_limits
 
+    from wdiv.spectral.lapack import eigvalsh_inplace
     from wdiv.spectral.weights import open_weights, select_layers, to_matrices
 
     src = open_weights(model)
@@ -44,26 +47,29 @@ def floor_fns(model) -> dict:
             x = w.to(torch.float64)
             torch.linalg.eigvalsh(x.T @ x)
 
-    def numpy_one(a):
-        x = a.astype(np.float64)
-        return np.linalg.eigvalsh(x.T @ x)
-
     def numpy_serial():
         for a in arrays:
-            numpy_one(a)
+            x = a.astype(np.float64)
+            np.linalg.eigvalsh(x.T @ x)
 
-    def numpy_per_core():
+    def lapack_one(a):
+        x = a.astype(np.float64)
+        return eigvalsh_inplace(x.T @ x)
+
+    def lapack_per_core():
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(torch.get_num_threads()) as pool:
-            list(pool.map(numpy_one, arrays))
+            list(pool.map(lapack_one, arrays))
 
-    return {"torch": torch_serial, "numpy": numpy_serial, "numpy/core": numpy_per_core}
+    return {"torch": torch_serial, "numpy": numpy_serial, "per-core": lapack_per_core}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS)
     ap.add_argument("--skip-ww", action="store_true", help="skip WeightWatcher (quick checks)")
-    ap.add_argument("--repeat", type=int, default=3, help="wdiv/floor timings: best of N")
+    ap.add_argument("--repeat", type=int, default=3, help="wdiv, floor and WeightWatcher(default) timings: best of N")
+    ap.add_argument("--mp-repeat", type=int, default=1,
+                    help="WeightWatcher(mp_fit=True) timings: best of N (40-70 s a call here)")
     args = ap.parse_args()
 
     import timm
@@ -86,8 +92,8 @@ def main() -> None:
             with silenced():
                 import weightwatcher as ww
 
-                t_ww = best_time(lambda: ww.WeightWatcher(model=model).analyze(), 1)
-                t_ww_mp = best_time(lambda: ww.WeightWatcher(model=model).analyze(mp_fit=True), 1)
+                t_ww = best_time(lambda: ww.WeightWatcher(model=model).analyze(), args.repeat)
+                t_ww_mp = best_time(lambda: ww.WeightWatcher(model=model).analyze(mp_fit=True), args.mp_repeat)
         rows.append(f"{name:24s} {n_layers:6d} {t_ww:8.2f} {t_ww_mp:8.2f} {t_wdiv:7.2f} {t_floor:7.2f}  "
                     f"{t_wdiv / t_floor:10.2f} {t_ww_mp / t_wdiv:11.1f} {t_ww / t_wdiv:8.1f}")
         print(header if len(rows) == 1 else "", rows[-1], sep="\n" if len(rows) == 1 else "", flush=True)

@@ -94,9 +94,9 @@ def test_solver_pool_serial_and_torch_paths_agree():
     from wdiv.spectral.esd import EigenSolver, _eigs_torch
 
     stacks = _solver_stacks()
-    with EigenSolver("cpu", workers=2) as solver:
+    with EigenSolver("cpu", threads=2) as solver:
         pooled_results = [h.result() for h in solver.submit(stacks)]
-    with EigenSolver("cpu", workers=1) as solver:
+    with EigenSolver("cpu", threads=1) as solver:
         serial_results = [h.result() for h in solver.submit(stacks)]
     torch_results = _eigs_torch(stacks, torch.device("cpu"))
     assert [r[2] for r in pooled_results] == [r[2] for r in serial_results] == [r[2] for r in torch_results] \

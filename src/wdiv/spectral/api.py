@@ -1,7 +1,8 @@
 """`analyze(weights, **options) -> DataFrame`: the per-layer loop of the spectral engine.
 
-stream tensor -> (rf, N, M) matrices -> float64 eigenvalues (same-shape layers batched in one
-eigensolver call) -> WeightWatcher-named metrics (wdiv.spectral.metrics), plus optional
+stream tensor -> (rf, N, M) matrices -> float64 eigenvalues (queued on an EigenSolver: one
+single-threaded BLAS per core on CPU, same-shape layers in one batched call on CUDA) ->
+WeightWatcher-named metrics (wdiv.spectral.metrics), plus optional
 randomised ESD and FARMS alpha. A layer that cannot be analysed (NaN/Inf weights, a failed
 fit) becomes a row with status=failed; the other layers are still analysed.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterator
 
 import numpy as np
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 ID_COLUMNS = ["layer_id", "name", "longname", "N", "M", "Q", "rf", "num_evals"]
 # Columns that describe the layer, not its spectrum: never turned into deltas.
 NOT_METRICS = set(ID_COLUMNS) | {"slice_id"}
-INFLIGHT_BATCHES = 4  # layers queued on the eigensolver, in units of opts.batch_bytes
+INFLIGHT_BATCHES = 2  # layers queued on the eigensolver, in units of opts.batch_bytes
 
 
 @dataclass

@@ -12,17 +12,19 @@ weights sit far above it).
 Why numpy on CPU and torch on CUDA: torch's CPU wheels link MKL, whose float64 GEMM and
 syevd run 1.5-2x slower than numpy's OpenBLAS on AMD cores (measured on this project's
 machine: 512 x 512 eigvalsh 16.2 vs 11.4 ms, the 1024 x 512 Gram product 12.8 vs 6.2 ms,
-one thread each), and numpy releases the GIL in both calls, so one Python thread per core
-scales (1.9x on 2 cores), where scipy's LAPACK wrappers hold it.
+one thread each). Both calls run without the GIL (numpy's matmul; dsyevd through
+wdiv.spectral.lapack), so one Python thread per core scales (1.8-1.9x on 2 cores).
 """
 
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
+
+from .jobs import Job, JobQueue
+from .lapack import eigvalsh_inplace
 
 # Smallest/largest eigenvalue ratio below which the Gram result is not trusted (SVD redone).
 _SVD_BELOW = 1e-10
@@ -65,7 +67,7 @@ def _eigs_numpy(w: np.ndarray) -> tuple[np.ndarray, bool, bool]:
     gram = gram_numpy(w)
     if not np.isfinite(np.diagonal(gram)).all():  # diag = column sums of squares: finite iff W is
         return np.full(gram.shape[0], np.nan), False, False
-    ev = np.linalg.eigvalsh(gram)
+    ev = eigvalsh_inplace(gram)
     return np.maximum(ev, 0.0), bool(ev[0] <= _SVD_BELOW * ev[-1]), True
 
 
@@ -136,38 +138,39 @@ def _eigs_torch(mats: list[torch.Tensor], device) -> list[tuple[np.ndarray, np.n
 class EigenSolver:
     """Gram eigenvalues of (rf, N, M) stacks, computed while the caller goes on.
 
-    CPU: each matrix is one job for a pool of `workers` Python threads (default: torch's
-    thread count, which ``--jobs`` divides), numpy's BLAS pinned to one thread each; with one
-    worker the jobs run at submit time on BLAS's own threads (one big matrix).
+    CPU: each matrix is one job in a JobQueue served by `threads` - 1 background threads and
+    by the caller whenever it waits for a result (`threads`: torch's thread count, which
+    ``--jobs`` divides), numpy's BLAS pinned to one thread per job. With one thread the jobs
+    run when their result is asked for, BLAS keeping its own threads (one big matrix).
     CUDA: the stacks of one submit are one batched torch call. `submit(stacks)` returns one
     handle per stack whose result() is (evals (rf, M) ascending, suspect (rf,), finite).
     Use as a context manager.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", workers: int | None = None):
+    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None):
         self.device = torch.device(device)
-        self.workers = workers or torch.get_num_threads()
-        self._pool: ThreadPoolExecutor | None = None
+        self.threads = threads or torch.get_num_threads()
+        self._queue: JobQueue | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "EigenSolver":
-        if self.device.type == "cpu" and self.workers > 1:
-            self._stack.enter_context(_blas_threads(1))
-            self._pool = self._stack.enter_context(ThreadPoolExecutor(self.workers, thread_name_prefix="wdiv-eig"))
+        if self.device.type == "cpu":
+            if self.threads > 1:
+                self._stack.enter_context(_blas_threads(1))
+            self._queue = self._stack.enter_context(JobQueue(self.threads - 1))
         return self
 
     def __exit__(self, *exc) -> None:
         self._stack.close()
-        self._pool = None
+        self._queue = None
 
     def submit(self, stacks: list[torch.Tensor]) -> list:
         """Queue same-shape stacks; one handle per stack, whose result() is (evals, suspect, finite)."""
         if self.device.type != "cpu":
             return [_Done(r) for r in _eigs_torch(stacks, self.device)]
-        arrays = [_as_numpy(x) for x in stacks]
-        if self._pool is None:
-            return [_Done(_collect([_eigs_numpy(m) for m in a])) for a in arrays]
-        return [_Gathered([self._pool.submit(_eigs_numpy, m) for m in a]) for a in arrays]
+        handles = [_Gathered(self._queue, [Job(_eigs_numpy, m) for m in _as_numpy(x)]) for x in stacks]
+        self._queue.put([job for h in handles for job in h.jobs])
+        return handles
 
 
 def _collect(parts: list[tuple[np.ndarray, bool, bool]]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -176,7 +179,7 @@ def _collect(parts: list[tuple[np.ndarray, bool, bool]]) -> tuple[np.ndarray, np
 
 
 class _Done:
-    """A result computed at submit time (CUDA, or a single worker)."""
+    """A result computed at submit time (CUDA)."""
 
     def __init__(self, value):
         self._value = value
@@ -186,13 +189,13 @@ class _Done:
 
 
 class _Gathered:
-    """The per-matrix futures of one stack, read back as one result."""
+    """The per-matrix jobs of one stack, read back as one result."""
 
-    def __init__(self, jobs: list[Future]):
-        self._jobs = jobs
+    def __init__(self, queue: JobQueue, jobs: list[Job]):
+        self.queue, self.jobs = queue, jobs
 
     def result(self):
-        return _collect([f.result() for f in self._jobs])
+        return _collect([self.queue.wait(job) for job in self.jobs])
 
 
 # ------------------------------------------------------------------ one-call helpers
@@ -205,7 +208,7 @@ def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") 
     """
     if mats.dim() == 2:
         mats = mats.unsqueeze(0)
-    with EigenSolver(device, workers=None if mats.shape[0] > 1 else 1) as solver:
+    with EigenSolver(device, threads=None if mats.shape[0] > 1 else 1) as solver:
         evals, suspect, _ = solver.submit([mats])[0].result()
     if suspect.any():
         evals[suspect] = svd_eigenvalues(mats[torch.from_numpy(suspect)], device=device)
