@@ -79,21 +79,23 @@ def test_blockwise_numpy_gram_equals_full_product_both_orientations():
                                rtol=1e-12, atol=1e-10)  # wide input: the smaller side's Gram
 
 
-def _solver_stacks():
-    g = torch.Generator().manual_seed(5)
-    stacks = [torch.randn(9, 96, 48, generator=g), torch.randn(9, 96, 48, generator=g) * 3,
-              torch.randn(9, 96, 48, generator=g).to(torch.bfloat16)]
-    poisoned = torch.randn(9, 96, 48, generator=g)
+def _solver_stacks(m: int):
+    g = torch.Generator().manual_seed(m)
+    stacks = [torch.randn(9, 2 * m, m, generator=g), torch.randn(9, 2 * m, m, generator=g) * 3,
+              torch.randn(9, 2 * m, m, generator=g).to(torch.bfloat16)]
+    poisoned = torch.randn(9, 2 * m, m, generator=g)
     poisoned[4, 7, 3] = float("nan")
     return stacks + [poisoned]
 
 
-def test_solver_pool_serial_and_torch_paths_agree():
-    """The per-core numpy pool, the single-thread path and the batched torch path (what CUDA
-    runs) give the same eigenvalues; a NaN stack is flagged without poisoning its batch."""
+@pytest.mark.parametrize("m", [48, 80])  # a narrow stack is one job; a wider one, one job per matrix
+def test_solver_pool_serial_and_torch_paths_agree(m):
+    """The job queue with a background thread, the caller-only path and the batched torch
+    path (what CUDA runs) give the same eigenvalues; a NaN stack is flagged without
+    poisoning its batch."""
     from wdiv.spectral.esd import EigenSolver, _eigs_torch
 
-    stacks = _solver_stacks()
+    stacks = _solver_stacks(m)
     with EigenSolver("cpu", threads=2) as solver:
         pooled_results = [h.result() for h in solver.submit(stacks)]
     with EigenSolver("cpu", threads=1) as solver:
@@ -102,7 +104,7 @@ def test_solver_pool_serial_and_torch_paths_agree():
     assert [r[2] for r in pooled_results] == [r[2] for r in serial_results] == [r[2] for r in torch_results] \
         == [True, True, True, False]
     for (ev_p, sus_p, _), (ev_s, _, _), (ev_t, sus_t, _) in zip(pooled_results[:3], serial_results, torch_results):
-        assert ev_p.shape == (9, 48) and np.all(np.diff(ev_p, axis=1) >= 0)
+        assert ev_p.shape == (9, m) and np.all(np.diff(ev_p, axis=1) >= 0)
         np.testing.assert_allclose(ev_p, ev_s, rtol=1e-12)
         np.testing.assert_allclose(ev_p, ev_t, rtol=1e-10)
         assert not sus_p.any() and not sus_t.any()

@@ -185,7 +185,7 @@ def test_small_samples_follow_weightwatcher_rules(n):
 
 
 def test_large_esd_equals_wwfit():
-    """Above 512 values the scan is a branch-and-bound; WeightWatcher's loop must agree."""
+    """Above 128 values the scan is a branch-and-bound; WeightWatcher's loop must agree."""
     from weightwatcher.WW_powerlaw import WWFit
 
     rng = np.random.default_rng(21)

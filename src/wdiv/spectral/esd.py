@@ -62,13 +62,32 @@ def gram_numpy(w: np.ndarray, *, block_elems: int = _BLOCK_ELEMS) -> np.ndarray:
     return gram
 
 
-def _eigs_numpy(w: np.ndarray) -> tuple[np.ndarray, bool, bool]:
-    """One matrix -> (ascending eigenvalues of its Gram matrix, suspect, finite)."""
+def _eigs_numpy(w: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
+    """One matrix -> [(ascending eigenvalues of its Gram matrix, suspect, finite)]."""
     gram = gram_numpy(w)
     if not np.isfinite(np.diagonal(gram)).all():  # diag = column sums of squares: finite iff W is
-        return np.full(gram.shape[0], np.nan), False, False
+        return [(np.full(gram.shape[0], np.nan), False, False)]
     ev = eigvalsh_inplace(gram)
-    return np.maximum(ev, 0.0), bool(ev[0] <= _SVD_BELOW * ev[-1]), True
+    return [(np.maximum(ev, 0.0), bool(ev[0] <= _SVD_BELOW * ev[-1]), True)]
+
+
+# A stack of matrices this narrow (M <= _SMALL_M) is one job: per-matrix Python overhead would
+# cost more than the eigensolves (a ViT patch embedding is 256 matrices of 384 x 3).
+_SMALL_M = 64
+
+
+def _eigs_numpy_small(stack: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
+    """(rf, N, M) stack of narrow (or short) matrices -> per-matrix results, in batched numpy calls."""
+    x = np.asarray(stack, dtype=np.float64)
+    if x.shape[1] < x.shape[2]:
+        x = x.transpose(0, 2, 1)
+    grams = np.matmul(x.transpose(0, 2, 1), x)
+    finite = np.isfinite(np.diagonal(grams, axis1=1, axis2=2)).all(axis=1)
+    grams[~finite] = 0.0
+    evals = np.linalg.eigvalsh(grams)
+    evals[~finite] = np.nan
+    suspect = evals[:, 0] <= _SVD_BELOW * evals[:, -1]
+    return [(np.maximum(ev, 0.0) if ok else ev, bool(sus), bool(ok)) for ev, sus, ok in zip(evals, suspect, finite)]
 
 
 _CONTROLLER = None
@@ -168,7 +187,11 @@ class EigenSolver:
         """Queue same-shape stacks; one handle per stack, whose result() is (evals, suspect, finite)."""
         if self.device.type != "cpu":
             return [_Done(r) for r in _eigs_torch(stacks, self.device)]
-        handles = [_Gathered(self._queue, [Job(_eigs_numpy, m) for m in _as_numpy(x)]) for x in stacks]
+        handles = []
+        for x in stacks:
+            a = _as_numpy(x)
+            jobs = [Job(_eigs_numpy_small, a)] if min(a.shape[-2:]) <= _SMALL_M else [Job(_eigs_numpy, m) for m in a]
+            handles.append(_Gathered(self._queue, jobs))
         self._queue.put([job for h in handles for job in h.jobs])
         return handles
 
@@ -195,7 +218,7 @@ class _Gathered:
         self.queue, self.jobs = queue, jobs
 
     def result(self):
-        return _collect([self.queue.wait(job) for job in self.jobs])
+        return _collect([part for job in self.jobs for part in self.queue.wait(job)])
 
 
 # ------------------------------------------------------------------ one-call helpers
