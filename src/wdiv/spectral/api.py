@@ -72,7 +72,7 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
     (one batched call on CUDA); while its workers solve the queued layers this thread
     computes the metrics of the finished ones, so the fits cost little wall time beyond the
     eigenvalues. Memory: the queued tensors are capped at INFLIGHT_BATCHES * opts.batch_bytes
-    (or one batch, if larger), plus one Gram matrix per worker.
+    plus the newest layer, plus one Gram matrix per thread.
     """
     specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                           max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
@@ -87,7 +87,9 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
                     stacks = [to_matrices(spec, source.tensor(spec.key)) for spec in batch]
                     queued.extend(zip(batch, stacks, solver.submit(stacks)))
                     queued_bytes += sum(_layer_bytes(spec) for spec in batch)
-                while queued and (queued_bytes > budget or batch is None):
+                # drain the oldest while the layers before the newest exceed the budget: a layer
+                # bigger than the budget still has the next one read and queued beside it
+                while queued and (queued_bytes - _layer_bytes(queued[-1][0]) > budget or batch is None):
                     spec, mats, handle = queued.popleft()
                     queued_bytes -= _layer_bytes(spec)
                     yield from _finish_layer(spec, mats, handle.result(), opts)

@@ -28,8 +28,8 @@ from .lapack import eigvalsh_inplace
 
 # Smallest/largest eigenvalue ratio below which the Gram result is not trusted (SVD redone).
 _SVD_BELOW = 1e-10
-# float64 elements of one row block of the Gram product (64 MB).
-_BLOCK_ELEMS = 1 << 23
+# float64 elements of one row block of the Gram product (16 MB: big matrices cost little extra memory).
+_BLOCK_ELEMS = 1 << 21
 
 
 # ------------------------------------------------------------------ CPU: numpy / OpenBLAS
