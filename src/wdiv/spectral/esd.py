@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .jobs import Job, JobQueue
-from .lapack import eigvalsh_inplace
+from .lapack import blas_controller, eigvalsh_inplace
 
 # Smallest/largest eigenvalue ratio below which the Gram result is not trusted (SVD redone).
 _SVD_BELOW = 1e-10
@@ -90,20 +90,9 @@ def _eigs_numpy_small(stack: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
     return [(np.maximum(ev, 0.0) if ok else ev, bool(sus), bool(ok)) for ev, sus, ok in zip(evals, suspect, finite)]
 
 
-_CONTROLLER = None
-
-
 def _blas_threads(n: int):
-    """Pin numpy's BLAS to n threads, so per-core workers do not oversubscribe the cores.
-
-    threadpoolctl's controller is built once: finding the loaded BLAS libraries costs ms.
-    """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=n, user_api="blas")
+    """Pin numpy's BLAS to n threads, so per-core workers do not oversubscribe the cores."""
+    return blas_controller().limit(limits=n, user_api="blas")
 
 
 # ------------------------------------------------------------------ CUDA (and CPU torch): torch

@@ -26,10 +26,16 @@ _SYMBOLS = (("scipy_LAPACKE_dsyevd64_", ctypes.c_int64), ("LAPACKE_dsyevd64_", c
             ("scipy_LAPACKE_dsyevd", ctypes.c_int32))
 
 
-def _numpy_blas_paths() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, built once (finding them costs ms)."""
     from threadpoolctl import ThreadpoolController
 
-    return [lib.filepath for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+    return ThreadpoolController()
+
+
+def _numpy_blas_paths() -> list[str]:
+    return [lib.filepath for lib in blas_controller().select(user_api="blas").lib_controllers
             if "numpy" in lib.filepath.replace("\\", "/").lower()]
 
 
