@@ -1,5 +1,5 @@
-"""The one exception a user can fix by changing the config."""
+"""Re-export of the shared ConfigError (kept so `wdiv.training.errors` imports keep working)."""
 
+from wdiv.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A bad config value; the message starts with the offending key so the CLI can print one line."""
+__all__ = ["ConfigError"]
