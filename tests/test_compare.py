@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from wdiv import compare
+from wdiv.report import stats as compare
 
 
 def _spectra(names_shapes, **metrics):

@@ -9,7 +9,8 @@ import pytest
 from scipy import stats
 
 from _fake_study import EFFECTS, METRICS, SKIPPED_RUNS, make_study
-from wdiv import compare, report
+from wdiv import report
+from wdiv.report import stats as compare
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_non_monotonic_weight_decay_and_single_seed_are_reported_as_such(tmp_pat
 
 
 def test_reference_spectra_computed_once_per_checkpoint_when_missing(tmp_path):
-    from wdiv.collect import collect
+    from wdiv.report.collect import collect
 
     ckpt = tmp_path / "pretrained.safetensors"
     ckpt.write_bytes(b"placeholder")
@@ -180,7 +181,7 @@ def test_esd_overlay_reads_both_checkpoints(tmp_path):
     root = make_study(tmp_path / "runs", extras=False, pretrained=str(ckpt))
     for i, run_json in enumerate(sorted(root.rglob("run.json"))):
         save_file(weights(i + 1), str(run_json.parent / "model.safetensors"))
-    rep = report.build(__import__("wdiv.collect", fromlist=["collect"]).collect(root))
+    rep = report.build(__import__("wdiv.report.collect", fromlist=["collect"]).collect(root))
     assert report.esd_figure(rep, None, None) is None  # default layer patch_embed.proj is not in these files
     fig = report.esd_figure(rep, None, "blocks.0.mlp.fc1")
     assert fig is not None

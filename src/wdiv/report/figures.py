@@ -14,7 +14,7 @@ from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wdiv.compare import BASELINE, level_axis
+from wdiv.report.stats import BASELINE, level_axis
 
 ARM_ORDER = ("dropout", "weight_decay", "augment", "synthetic")
 LEVEL_LABELS = {"dropout": "dropout p", "weight_decay": "weight decay", "synthetic": "synthetic fraction p"}

@@ -21,8 +21,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from wdiv import compare
-from wdiv.collect import Collection, collect
+from wdiv.report import stats as compare
+from wdiv.report.collect import Collection, collect
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +354,7 @@ def esd_figure(report: Report, run_id: str | None, longname: str | None):
     except Exception as err:  # noqa: BLE001 - the overlay is optional; say why and move on
         log.warning("ESD overlay skipped: %s", err)
         return None
-    from wdiv import plots
+    from wdiv.report import figures as plots
 
     return plots.esd_overlay(esds, title=f"ESD of {longname}")
 
@@ -363,7 +363,7 @@ def write_figures(
     report: Report, fig_dir: Path, formats: list[str], esd_run=None, esd_layer=None, metrics: list[str] | None = None
 ) -> list[Path]:
     """Per-metric figures for `metrics` (default: every metric), plus accuracy-vs-diversity and ESD."""
-    from wdiv import plots  # lazy: matplotlib only when figures are asked for
+    from wdiv.report import figures as plots
 
     fig_dir.mkdir(parents=True, exist_ok=True)
     figures = {}

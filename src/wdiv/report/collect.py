@@ -16,7 +16,7 @@ from typing import Callable
 
 import pandas as pd
 
-from wdiv.compare import OPTIONAL_METRICS, SPECTRAL_METRICS, layer_deltas, metrics_present
+from wdiv.report.stats import OPTIONAL_METRICS, SPECTRAL_METRICS, layer_deltas, metrics_present
 
 log = logging.getLogger(__name__)
 

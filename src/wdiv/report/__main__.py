@@ -1,0 +1,5 @@
+import sys
+
+from wdiv.report.cli import main
+
+sys.exit(main())
