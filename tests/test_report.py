@@ -132,7 +132,14 @@ def test_non_monotonic_weight_decay_and_single_seed_are_reported_as_such(tmp_pat
     assert not (root / "report" / "figures").exists()
 
 
-def test_reference_spectra_computed_once_per_checkpoint_when_missing(tmp_path):
+def _write_options(root, options):
+    import json
+
+    for run_json in root.rglob("run.json"):
+        (run_json.parent / "spectra_summary.json").write_text(json.dumps({"wdiv": {"options": options}}))
+
+
+def test_reference_spectra_computed_once_with_the_recorded_options_when_missing(tmp_path):
     from wdiv.report.collect import collect
 
     ckpt = tmp_path / "pretrained.safetensors"
@@ -144,15 +151,53 @@ def test_reference_spectra_computed_once_per_checkpoint_when_missing(tmp_path):
         path.unlink()
     calls = []
 
-    def fake_analyze(path):
-        calls.append(path)
+    def fake_analyze(path, options):
+        calls.append((path, options))
         return reference
 
+    # without recorded options the report refuses to guess them
     col = collect(root, analyze=fake_analyze)
-    assert calls == [str(ckpt)]
+    assert calls == [] and len(col.runs) == 0
+    assert col.skipped["reason"].str.contains("no spectra_summary.json recording the options").all()
+
+    options = {"fit": "hill", "mp_fit": False, "min_evals": 10}
+    _write_options(root, options)
+    col = collect(root, analyze=fake_analyze)
+    assert calls == [(str(ckpt), options)]  # once per checkpoint and options, with exactly those options
     assert col.skipped.empty and len(col.runs) == 10
     rep = report.build(col)
     assert (rep.layers.loc[rep.layers.arm == "baseline", "D_log_norm"] == 0).all()
+
+
+def test_reference_analysis_uses_the_recorded_options_for_real(tmp_path):
+    """The real engine, given the recorded options (hill fit, no MP fit), reproduces what analyze writes."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from wdiv.report.collect import engine_analyze
+    from wdiv.spectral import analyze
+
+    g = torch.Generator().manual_seed(0)
+    ckpt = tmp_path / "ref.safetensors"
+    save_file({"fc.weight": torch.randn(96, 32, generator=g)}, str(ckpt))
+    options = {"fit": "hill", "mp_fit": False, "farms_options": {"window": None}}
+    got = engine_analyze(str(ckpt), options)
+    want = analyze(str(ckpt), fit="hill", mp_fit=False)
+    assert got["alpha"].tolist() == want["alpha"].tolist()
+    assert got["alpha"].iloc[0] != analyze(str(ckpt))["alpha"].iloc[0]  # the default fit would differ
+
+
+def test_runs_analysed_with_other_options_than_their_baseline_are_skipped(tmp_path):
+    import json
+
+    root = make_study(tmp_path, seeds=(0,), extras=False)
+    _write_options(root, {"fit": "ks"})
+    odd = root / "dropout" / "level0.1" / "seed0" / "spectra_summary.json"
+    odd.write_text(json.dumps({"wdiv": {"options": {"fit": "hill"}}}))
+    assert report.main([str(root), "--no-figures"]) == 0
+    skipped = pd.read_csv(root / "report" / "skipped.csv").set_index("run_id")["reason"]
+    assert "other options than its baseline baseline/baseline/seed0: fit='hill' vs 'ks'" in skipped["dropout/level0.1/seed0"]
+    assert "dropout/level0.1/seed0" not in set(pd.read_csv(root / "report" / "runs.csv")["run_id"])
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
@@ -167,34 +212,22 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     assert "status=running" in (root / "report" / "summary.md").read_text()
 
 
-def test_esd_overlay_reads_both_checkpoints(tmp_path):
-    pytest.importorskip("wdiv.spectral.weights")
-    torch = pytest.importorskip("torch")
-    from safetensors.torch import save_file
-
-    def weights(seed):
-        g = torch.Generator().manual_seed(seed)
-        return {"blocks.0.mlp.fc1.weight": torch.randn(128, 32, generator=g), "head.weight": torch.randn(5, 32, generator=g)}
-
-    ckpt = tmp_path / "pretrained.safetensors"
-    save_file(weights(0), str(ckpt))
-    root = make_study(tmp_path / "runs", extras=False, pretrained=str(ckpt))
+def test_esd_overlay_reads_the_saved_eigenvalues(tmp_path):
+    root = make_study(tmp_path / "runs", extras=False)
+    rng = np.random.default_rng(0)
     for i, run_json in enumerate(sorted(root.rglob("run.json"))):
-        save_file(weights(i + 1), str(run_json.parent / "model.safetensors"))
-    rep = report.build(__import__("wdiv.report.collect", fromlist=["collect"]).collect(root))
-    assert report.esd_figure(rep, None, None) is None  # default layer patch_embed.proj is not in these files
+        np.savez_compressed(run_json.parent / "esd.npz", **{"blocks.0.mlp.fc1": rng.pareto(2.0, 32) + i})
+        np.savez_compressed(run_json.parent / "esd_base.npz", **{"blocks.0.mlp.fc1": rng.pareto(2.0, 32)})
+    rep = report.build(report.collect(root))
+    assert report.esd_figure(rep, None, None) is None  # default layer patch_embed.proj was not saved
     fig = report.esd_figure(rep, None, "blocks.0.mlp.fc1")
     assert fig is not None
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert len(labels) == 3 and labels[0].startswith("pretrained") and "weight_decay/level0.001/seed0" in labels[1]
+    assert "baseline/baseline/seed0" in labels[2]
     assert all("n=32" in label for label in labels)
-    # the overlay shows the eigenvalues the spectral engine fits: same count and lambda_max
-    from wdiv.spectral import analyze
-
-    table = analyze(str(ckpt)).set_index("longname")
-    ev = report.layer_eigenvalues(ckpt, "blocks.0.mlp.fc1")
-    assert len(ev) == table.loc["blocks.0.mlp.fc1", "num_evals"]
-    assert ev.max() == pytest.approx(table.loc["blocks.0.mlp.fc1", "lambda_max"], rel=1e-12)
+    (root / "baseline" / "baseline" / "seed0" / "esd.npz").unlink()
+    assert report.esd_figure(rep, None, "blocks.0.mlp.fc1") is None  # a missing file: no figure, not a crash
 
 
 def test_duplicate_baselines_are_noted_in_the_summary(tmp_path):
@@ -204,4 +237,4 @@ def test_duplicate_baselines_are_noted_in_the_summary(tmp_path):
     shutil.copytree(root / "baseline" / "baseline" / "seed0", root / "paper" / "default" / "seed0")
     assert report.main([str(root), "--no-figures"]) == 0
     summary = (root / "report" / "summary.md").read_text()
-    assert "Note: 2 baselines for seed=0" in summary and "D uses baseline/baseline/seed0" in summary
+    assert "Note: 2 baselines for model=vit_micro, data=digits, recipe=unrecorded, seed=0" in summary and "D uses baseline/baseline/seed0" in summary

@@ -1,9 +1,11 @@
 """Gather analysed run directories into tables for the report.
 
 A usable run has run.json with status "complete", a spectra.csv and the spectra of its
-pretrained reference (spectra_base.csv beside it, or computed once per checkpoint sha256 through
-``wdiv.spectral.analyze``). Every other run is kept in a `skipped` table with the reason, so the
-report can list it instead of silently dropping or averaging it.
+reference (spectra_base.csv beside it, as `wdiv.analyze --base` writes it). Without
+spectra_base.csv the reference is analysed once per (checkpoint sha256, options), with exactly
+the options recorded in the run's spectra_summary.json, never with defaults. Every other run is
+kept in a `skipped` table with the reason, so the report lists it instead of silently dropping
+or averaging it.
 """
 
 from __future__ import annotations
@@ -16,13 +18,16 @@ from typing import Callable
 
 import pandas as pd
 
-from wdiv.report.stats import OPTIONAL_METRICS, SPECTRAL_METRICS, layer_deltas, metrics_present
+from wdiv.report.cells import annotate
+from wdiv.report.deltas import OPTIONAL_METRICS, SPECTRAL_METRICS, layer_deltas, metrics_present
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEYS = ("exp", "arm", "level", "level_index", "variant", "seed", "model", "data")
+CONFIG_KEYS = ("exp", "arm", "level", "level_index", "variant", "seed", "model", "data", "recipe")
 REQUIRED_KEYS = ("status", "arm", "seed")
 METRIC_KEYS = ("test_acc", "test_ece", "test_loss", "ood_acc")
+SKIPPED_COLUMNS = ["run_id", "reason"]
+EXCLUDED_COLUMNS = ["run_id", "longname", "slice_index", "reason"]
 
 
 class RunSkipped(Exception):
@@ -31,7 +36,7 @@ class RunSkipped(Exception):
 
 @dataclass
 class Collection:
-    """What was found under a runs directory (layers hold pre/ft/dM, not yet D)."""
+    """What was found under a runs directory (layers hold pre/ft/dM and `unchanged`, not yet D)."""
 
     runs: pd.DataFrame
     layers: pd.DataFrame
@@ -39,6 +44,7 @@ class Collection:
     excluded_layers: pd.DataFrame
     metrics: list[str]
     run_dirs: dict[str, Path] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)  # run_id -> analysis options (JSON text)
 
 
 def find_run_files(runs_dir: Path) -> list[Path]:
@@ -54,6 +60,7 @@ def run_row(record: dict, run_id: str) -> dict:
     pretrained = record.get("pretrained") or {}
     row["pretrained_sha256"] = pretrained.get("sha256")
     row["pretrained_path"] = pretrained.get("path")
+    row["pretrained_kind"] = pretrained.get("kind")
     row["wall_time_s"] = record.get("wall_time_s")
     metrics = record.get("metrics") or {}
     for key in METRIC_KEYS:
@@ -67,47 +74,80 @@ def run_row(record: dict, run_id: str) -> dict:
     return row
 
 
+def recorded_options(run_dir: Path) -> dict | None:
+    """The options spectra.csv was made with (spectra_summary.json's wdiv.options), or None."""
+    path = run_dir / "spectra_summary.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text()).get("wdiv") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return meta.get("options")
+
+
+def engine_analyze(path: str, options: dict) -> pd.DataFrame:
+    """Analyse a reference checkpoint with the recorded options (flat FARMS keys, as the API takes)."""
+    from wdiv.spectral import analyze  # heavy (torch); only needed when spectra_base.csv is missing
+
+    flat = dict(options)
+    for key, value in (flat.pop("farms_options", None) or {}).items():
+        flat[f"farms_{key}"] = value
+    return analyze(path, **flat)
+
+
 class ReferenceSpectra:
-    """Spectra of pretrained checkpoints, computed at most once per sha256."""
+    """Spectra of reference checkpoints, computed at most once per (sha256, options)."""
 
-    def __init__(self, analyze: Callable[[str], pd.DataFrame] | None = None):
-        self._analyze = analyze
-        self._cache: dict[str, pd.DataFrame | RunSkipped] = {}
+    def __init__(self, analyze: Callable[[str, dict], pd.DataFrame] | None = None):
+        self._analyze = analyze or engine_analyze
+        self._cache: dict[tuple[str, str], pd.DataFrame | RunSkipped] = {}
 
-    def for_run(self, run_dir: Path, record: dict) -> pd.DataFrame:
+    def for_run(self, run_dir: Path, record: dict, options: dict | None) -> pd.DataFrame:
         beside = run_dir / "spectra_base.csv"
         if beside.is_file():
-            return pd.read_csv(beside)
+            return read_spectra(beside)
         pretrained = record.get("pretrained") or {}
         path, sha = pretrained.get("path"), pretrained.get("sha256")
         if not path:
             raise RunSkipped("no spectra_base.csv and run.json has no pretrained.path")
-        key = sha or str(path)
+        if options is None:
+            raise RunSkipped("no spectra_base.csv, and no spectra_summary.json recording the options spectra.csv was "
+                             "made with: rerun `python -m wdiv.analyze RUNS_DIR --base`")
+        if not Path(path).is_absolute():
+            path = str(run_dir / path)
+        key = (sha or str(path), json.dumps(options, sort_keys=True))
         if key not in self._cache:
-            self._cache[key] = self._compute(path)
+            self._cache[key] = self._compute(path, options)
         found = self._cache[key]
         if isinstance(found, RunSkipped):
             raise found
         return found
 
-    def _compute(self, path: str) -> pd.DataFrame | RunSkipped:
+    def _compute(self, path: str, options: dict) -> pd.DataFrame | RunSkipped:
         if not Path(path).exists():
             return RunSkipped(f"no spectra_base.csv and the pretrained checkpoint {path} is missing")
-        analyze = self._analyze
-        if analyze is None:
-            try:
-                from wdiv.spectral import analyze  # lazy: the spectral engine is heavy
-            except ImportError as err:
-                return RunSkipped(f"no spectra_base.csv and wdiv.spectral.analyze unavailable ({err})")
-        log.info("analysing pretrained reference %s", path)
+        log.info("analysing reference %s with the runs' recorded options", path)
         try:
-            return analyze(path)
+            return self._analyze(path, options)
+        except (TypeError, ValueError) as err:
+            return RunSkipped(f"no spectra_base.csv, and the recorded options cannot be reproduced here ({err})")
         except Exception as err:  # noqa: BLE001 - any failure makes the reference unusable
             return RunSkipped(f"no spectra_base.csv and analysing {path} failed: {err}")
 
 
-def load_run(run_file: Path, runs_dir: Path, references: ReferenceSpectra) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """One run: (row, matched layer table, excluded layers); raises RunSkipped with the reason."""
+def read_spectra(path: Path) -> pd.DataFrame:
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise RunSkipped(f"{path.name} unreadable ({type(err).__name__}: {err})") from None
+    if "longname" not in table.columns:
+        raise RunSkipped(f"{path.name} has no longname column")
+    return table
+
+
+def load_run(run_file: Path, runs_dir: Path, references: ReferenceSpectra) -> tuple[dict, pd.DataFrame, pd.DataFrame, dict | None]:
+    """One run: (row, matched layer table, excluded layers, options); raises RunSkipped with the reason."""
     try:
         record = json.loads(run_file.read_text())
     except (OSError, ValueError) as err:
@@ -127,10 +167,9 @@ def load_run(run_file: Path, runs_dir: Path, references: ReferenceSpectra) -> tu
     spectra_file = run_dir / "spectra.csv"
     if not spectra_file.is_file():
         raise RunSkipped("no spectra.csv (run `python -m wdiv.analyze RUNS_DIR --base`)")
-    finetuned = pd.read_csv(spectra_file)
-    if "longname" not in finetuned.columns:
-        raise RunSkipped("spectra.csv has no longname column")
-    pretrained = references.for_run(run_dir, record)
+    finetuned = read_spectra(spectra_file)
+    options = recorded_options(run_dir)
+    pretrained = references.for_run(run_dir, record, options)
     metrics = metrics_present(finetuned, pretrained)
     if not metrics:
         raise RunSkipped("spectra.csv and the reference share no spectral metric")
@@ -138,38 +177,43 @@ def load_run(run_file: Path, runs_dir: Path, references: ReferenceSpectra) -> tu
     if layers.empty:
         raise RunSkipped("no layer matches the pretrained reference by name and shape")
     run_id = run_dir.relative_to(runs_dir).as_posix() or "."
-    return run_row(record, run_id), layers, excluded
+    return run_row(record, run_id), layers, excluded, options
 
 
-def collect(runs_dir: Path, analyze: Callable[[str], pd.DataFrame] | None = None, exclude: Path | None = None) -> Collection:
-    """Read every run under runs_dir; `exclude` (the report folder) is never searched."""
+def collect(runs_dir: Path, analyze: Callable[[str, dict], pd.DataFrame] | None = None, exclude: Path | None = None) -> Collection:
+    """Read every run under runs_dir; `exclude` (the report folder) is never searched.
+
+    `analyze(path, options)` analyses a reference whose spectra_base.csv is missing (tests pass a fake).
+    """
     runs_dir = Path(runs_dir)
     references = ReferenceSpectra(analyze)
     exclude = Path(exclude).resolve() if exclude is not None else None
-    rows, layer_tables, excluded_tables, skipped, run_dirs = [], [], [], [], {}
+    rows, layer_tables, excluded_tables, skipped, run_dirs, options = [], [], [], [], {}, {}
     for run_file in find_run_files(runs_dir):
         if exclude is not None and exclude in run_file.resolve().parents:
             continue
         run_id = run_file.parent.relative_to(runs_dir).as_posix() or "."
         try:
-            row, layers, excluded = load_run(run_file, runs_dir, references)
+            row, layers, excluded, opts = load_run(run_file, runs_dir, references)
         except RunSkipped as why:
             log.info("skipping %s: %s", run_id, why)
             skipped.append({"run_id": run_id, "reason": str(why)})
             continue
         rows.append(row)
         run_dirs[run_id] = run_file.parent
+        options[run_id] = json.dumps(opts, sort_keys=True) if opts is not None else ""
         layer_tables.append(layers.assign(run_id=run_id))
         excluded_tables.append(excluded.assign(run_id=run_id))
-    runs = pd.DataFrame(rows)
+    runs = annotate(pd.DataFrame(rows)) if rows else pd.DataFrame()
     layers = pd.concat(layer_tables, ignore_index=True) if layer_tables else pd.DataFrame()
-    excluded = pd.concat(excluded_tables, ignore_index=True) if excluded_tables else pd.DataFrame()
+    excluded = pd.concat(excluded_tables, ignore_index=True) if excluded_tables else pd.DataFrame(columns=EXCLUDED_COLUMNS)
     metrics = [m for m in SPECTRAL_METRICS + OPTIONAL_METRICS if layer_tables and all(f"dM_{m}" in t for t in layer_tables)]
     return Collection(
         runs=runs,
         layers=layers,
-        skipped=pd.DataFrame(skipped, columns=["run_id", "reason"]),
-        excluded_layers=excluded if not excluded.empty else pd.DataFrame(columns=["run_id", "longname", "reason"]),
+        skipped=pd.DataFrame(skipped, columns=SKIPPED_COLUMNS),
+        excluded_layers=excluded[EXCLUDED_COLUMNS],
         metrics=metrics,
         run_dirs=run_dirs,
+        options=options,
     )

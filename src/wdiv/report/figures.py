@@ -1,7 +1,8 @@
 """Report tables -> matplotlib Figures (Agg canvas, never shown; the caller saves or displays).
 
-Every function takes the DataFrames wdiv.report writes (runs.csv, layers.csv, categories.csv),
-so a notebook can redraw any figure from the CSV files alone.
+Every function takes the DataFrames wdiv.report writes (runs.csv, layers.csv, categories.csv)
+for one study cell (filter on the `cell` column first), so a notebook can redraw any figure from
+the CSV files alone.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from matplotlib import cm
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from wdiv.report.stats import BASELINE, level_axis
+from wdiv.report.cells import BASELINE
 
 ARM_ORDER = ("dropout", "weight_decay", "augment", "synthetic")
 LEVEL_LABELS = {"dropout": "dropout p", "weight_decay": "weight decay", "synthetic": "synthetic fraction p"}
+
+
+def level_axis(levels: pd.Series, level_index: pd.Series) -> tuple[pd.Series, str]:
+    """Numeric levels when every level is a number, else the grid position (for drawing only)."""
+    numeric = pd.to_numeric(levels, errors="coerce")
+    if len(numeric) and numeric.notna().all():
+        return numeric.astype(float), "level"
+    return pd.to_numeric(level_index, errors="coerce").astype(float), "level_index"
 
 
 def _figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.2) -> tuple[Figure, np.ndarray]:
@@ -29,7 +38,11 @@ def _figure(nrows: int, ncols: int, width: float = 4.0, height: float = 3.2) -> 
 
 def _arms(values) -> list[str]:
     present = [a for a in pd.unique(pd.Series(values)) if isinstance(a, str) and a != BASELINE]
-    return sorted(present, key=lambda a: (ARM_ORDER.index(a) if a in ARM_ORDER else len(ARM_ORDER), a))
+    def order(a: str) -> tuple:
+        arm = a.split(":")[0]
+        return (ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER), a)
+
+    return sorted(present, key=order)
 
 
 def _text(value) -> str:
@@ -79,7 +92,8 @@ def per_layer_d(layers: pd.DataFrame, metric: str) -> Figure:
 
 def metric_vs_level(categories: pd.DataFrame, metric: str, statistic: str = "D") -> Figure:
     """Seed mean of the layer-mean D (or dM) against strength, one panel per arm, 95 % CI band."""
-    rows = categories[(categories["metric"] == metric) & (categories["level"].astype(str) != "all")]
+    rows = categories[(categories["metric"] == metric) & (categories["level"].astype(str) != "all")
+                      & (categories["variant"].map(_text) != "all")]
     arms = _arms(rows["category"])
     fig, axes = _figure(1, max(len(arms), 1))
     for ax, arm in zip(axes[0], arms):
@@ -97,7 +111,7 @@ def metric_vs_level(categories: pd.DataFrame, metric: str, statistic: str = "D")
             ax.set_xticks(ticks["_x"], ticks["level"].map(_text), rotation=45, ha="right", fontsize=7)
         ax.axhline(0.0, color="0.4", lw=0.8, ls="--")
         ax.set_title(arm)
-        ax.set_xlabel(LEVEL_LABELS.get(arm, arm) if axis == "level" else f"{arm} level")
+        ax.set_xlabel(LEVEL_LABELS.get(arm.split(":")[0], arm) if axis == "level" else f"{arm} level")
         ax.set_ylabel(f"{'D' if statistic == 'D' else 'd'} {metric} (layer mean)")
         if sub["_variant"].str.len().gt(0).any():
             ax.legend(fontsize=7)
