@@ -35,6 +35,7 @@ def _outputs(nb, mime):
 def test_notebook_runs_on_a_generated_study(tmp_path, monkeypatch):
     root = make_study(tmp_path / "runs", diversity=True)
     assert report.main([str(root), "--no-figures"]) == 0
+    (root / "report" / "summary.md").unlink()  # the notebook reads summary.json, never the prose
     nb = execute_notebook(root / "report", monkeypatch, tmp_path)
     assert len(_outputs(nb, "image/png")) >= 6  # dM, three D-vs-level, per-layer, accuracy-vs-diversity
     assert any("falls monotonically" in o["data"]["text/markdown"] for o in _outputs(nb, "text/markdown"))
