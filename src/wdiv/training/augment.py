@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 # The augment arm's diversity levels, roughly from least to most diverse (paper's list + flip/crop).
 LEVELS = [

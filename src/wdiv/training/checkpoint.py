@@ -1,4 +1,4 @@
-"""Crash-safe files: every write goes to a temporary file first and is moved in with os.replace.
+"""Weights and resume state, written crash-safe through wdiv.io (temporary file, then os.replace).
 
 Resume state is two files: the epoch's weights (safetensors) and ``state.pt`` (optimizer,
 epoch, history; loadable with ``torch.load(weights_only=True)``). ``state.pt`` names its weights
@@ -7,48 +7,15 @@ file and is written last, so a kill at any moment leaves either the old or the n
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from wdiv.io import atomic_path, sha256_file, write_json, write_text
+
+__all__ = ["STATE", "atomic_path", "load_resume", "load_weights", "save_resume", "save_weights", "sha256_file", "write_json", "write_text"]
+
 STATE = "state.pt"
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights(model_or_state, path: Path) -> None:

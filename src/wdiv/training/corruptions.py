@@ -11,8 +11,8 @@ import math
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from wdiv.errors import ConfigError
 from wdiv.training.data import TensorImages
-from wdiv.training.errors import ConfigError
 
 
 def _to_float(x):

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
+from wdiv.errors import ConfigError
 from wdiv.training.data import Splits, TensorImages, cache_root
-from wdiv.training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _digits_8x8(paths_cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 1,797 digits as uint8 [N, 8, 8] (0..255); cached so later runs skip importing sklearn."""
     from safetensors.torch import load_file, save_file
 
-    from wdiv.training.checkpoint import atomic_path
+    from wdiv.io import atomic_path
 
     path = cache_root(paths_cfg) / "data" / "digits8x8.safetensors"
     if path.exists():

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

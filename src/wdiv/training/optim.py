@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 from wdiv.training.generators import cached_generate, make_generator
 
 log = logging.getLogger(__name__)

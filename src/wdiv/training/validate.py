@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 ARMS = ("baseline", "dropout", "weight_decay", "augment", "synthetic")
 NUMERIC_ARMS = ("dropout", "weight_decay", "synthetic")

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 
 
 class Generator(ABC):

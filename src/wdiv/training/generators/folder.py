@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 from wdiv.training.generators.base import Generator
 
 CLASSES_FILE = "classes.json"  # directory names in label order, written by write_image_folder

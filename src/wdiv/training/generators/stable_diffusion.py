@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
 from wdiv.training.generators.base import Generator
 
 log = logging.getLogger(__name__)
