@@ -17,7 +17,7 @@ from wdiv.train import CONFIG_DIR
 
 TINY = ["model=vit_micro", "trainer.epochs=1", "trainer.progress=false", "diversity.compute=false"]
 EXPS = sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml"))
-RUN_JSON_KEYS = {"status", "exp", "arm", "level", "level_index", "variant", "seed", "model", "data", "pretrained", "metrics", "wall_time_s"}
+RUN_JSON_KEYS = {"status", "exp", "arm", "level", "level_index", "variant", "seed", "model", "data", "recipe", "recipe_config", "pretrained", "metrics", "wall_time_s"}
 
 
 def cli(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_every_exp_runs_end_to_end_through_the_cli(exp, every_exp_run):
     assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["test_ece"] <= 1.0 and m["test_loss"] > 0
     assert set(m["ood"]) == {"gaussian_noise", "gaussian_blur", "contrast", "rotation", "elastic"}
     pre = Path(info["pretrained"]["path"])
-    assert pre.exists() and len(info["pretrained"]["sha256"]) == 64
+    assert pre.exists() and len(info["pretrained"]["sha256"]) == 64 and info["pretrained"]["kind"] == "builtin"
     assert weights(run_dir).keys() == load_file(str(pre)).keys()
     assert "${" not in (run_dir / "config.yaml").read_text()  # resolved
     assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,")
@@ -133,7 +133,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 
 
 def test_changed_config_in_existing_run_dir_is_refused(tmp_path):
-    from wdiv.training.errors import ConfigError
+    from wdiv.errors import ConfigError
 
     first = run_inprocess(tmp_path, "+exp=baseline")
     with pytest.raises(ConfigError, match="optim.lr"):
@@ -169,7 +169,7 @@ def test_bad_config_exits_nonzero_with_one_line_naming_the_key(overrides, key, t
     ],
 )
 def test_bad_config_raises_config_error_naming_the_key(overrides, key, tmp_path):
-    from wdiv.training.errors import ConfigError
+    from wdiv.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         run_inprocess(tmp_path, *overrides)

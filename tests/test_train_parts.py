@@ -9,11 +9,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from wdiv.errors import ConfigError
 from wdiv.training import models
 from wdiv.training.augment import LEVELS, build_transform
 from wdiv.training.corruptions import corrupt_suite
 from wdiv.training.data import TensorImages
-from wdiv.training.errors import ConfigError
 
 MICRO = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
 AUG = {"crop_padding": 4, "randaugment_num_ops": 2, "randaugment_magnitude": 9, "noise_std": 0.03, "elastic_alpha": 2.0, "elastic_grid": 5}
@@ -188,6 +188,7 @@ def test_imagefolder_with_ood_roots_and_local_pretrained_weights(tmp_path):
     assert info["status"] == "complete" and info["data"] == "imagefolder"
     assert list(info["metrics"]["ood"]) == ["sketch"]
     assert info["pretrained"]["path"] == str((tmp_path / "start.safetensors").resolve())
+    assert info["pretrained"]["kind"] == "file"
     assert json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]["ood_acc"] == info["metrics"]["ood"]["sketch"]
     # the backbone started from the file: one short epoch moves pos_embed only a little from 0.123
     from safetensors.torch import load_file
@@ -207,7 +208,7 @@ def test_local_weights_that_do_not_fit_are_a_config_error(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_when_interrupted(tmp_path):
-    from wdiv.training.checkpoint import atomic_path, write_json
+    from wdiv.io import atomic_path, write_json
 
     target = tmp_path / "run.json"
     write_json(target, {"status": "running"})

@@ -3,6 +3,13 @@
 Builtin and hub weights are materialised once under ``<cache>/pretrained/<key>/model.safetensors``
 with a ``pretrained.json`` (config + sha256) beside it, so ``wdiv.analyze`` always has a file to
 compare the fine-tuned weights against. A file lock makes parallel jobs build it only once.
+A from-scratch run (``model.pretrained=none``) keeps its seeded initial weights in its own run
+directory instead (:func:`record_initial`).
+
+run.json ``pretrained`` is ``{path, sha256, kind}``; ``kind`` says where the weights came from:
+``builtin`` (pretrained here on the source task), ``hub`` (timm's download), ``file`` (the
+weights file named by ``model.pretrained``) or ``initial`` (from scratch: the model as created
+with the run's seed, ``path`` relative to the run directory).
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from wdiv.training.checkpoint import save_weights, sha256_file, write_json
+from wdiv.errors import ConfigError
+from wdiv.io import sha256_file, write_json
+from wdiv.training.checkpoint import load_weights, save_weights
 from wdiv.training.data import cache_root
-from wdiv.training.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +46,7 @@ def _locked(path: Path):
 
 
 def resolve(cfg, rt) -> dict | None:
-    """{path, sha256} of the starting weights, building/downloading them if needed; None for scratch."""
+    """{path, sha256, kind} of the starting weights, building/downloading them if needed; None for scratch."""
     spec = str(cfg.model.pretrained)
     if spec == "none":
         return None
@@ -50,9 +58,33 @@ def resolve(cfg, rt) -> dict | None:
         from wdiv.training.models import local_weights_path
 
         path = local_weights_path(spec).resolve()
-        return {"path": str(path), "sha256": sha256_file(path)}
+        return {"path": str(path), "sha256": sha256_file(path), "kind": "file"}
     meta = json.loads((path.parent / "pretrained.json").read_text())
-    return {"path": str(path), "sha256": meta["sha256"]}
+    return {"path": str(path), "sha256": meta["sha256"], "kind": spec}
+
+
+def record_initial(model, path: Path) -> dict:
+    """Keep a from-scratch model's starting weights at ``path`` (in its run directory) as its reference.
+
+    Written once, atomically. When the file is already there (a restarted run) it is never
+    overwritten: its weights are loaded into ``model`` instead, so the recorded initial weights
+    are exactly what training starts from even if this process's seeded init came out different.
+    Returns run.json ``pretrained`` with ``path`` relative to the run directory.
+    """
+    import torch
+
+    path = Path(path)
+    if path.exists():
+        kept = load_weights(path)
+        fresh = model.state_dict()
+        if kept.keys() != fresh.keys() or any(kept[k].shape != fresh[k].shape for k in kept):
+            raise ConfigError(f"model.pretrained: {path} holds initial weights of another model; remove it or use trainer.resume=false")
+        if not all(torch.equal(kept[k], fresh[k].detach().cpu()) for k in kept):
+            log.warning("%s differs from this seed's fresh init (another torch/timm version?); starting from the recorded weights", path)
+            model.load_state_dict(kept)
+    else:
+        save_weights(model, path)
+    return {"path": path.name, "sha256": sha256_file(path), "kind": "initial"}
 
 
 def builtin_spec(cfg) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -18,16 +19,16 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from wdiv.training.checkpoint import load_resume, load_weights, save_resume, save_weights, write_json, write_text
-from wdiv.training.errors import ConfigError
+from wdiv.errors import ConfigError
+from wdiv.io import write_json, write_text
+from wdiv.training.checkpoint import load_resume, load_weights, save_resume, save_weights
 from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
+from wdiv.training.recipe import recipe, semantic
 from wdiv.training.validate import NUMERIC_ARMS, validate
 
 log = logging.getLogger(__name__)
 
-# Keys that change how a run is executed, not what it computes: ignored when checking that a
-# restarted command matches the run already in its directory.
-EXECUTION_KEYS = {"trainer": {"threads", "device", "num_workers", "progress", "resume", "stop_after_epoch", "eval_batch_size"}, "paths": None, "diversity": None}
+INITIAL = "initial.safetensors"  # a from-scratch run's starting weights (run.json pretrained.path)
 
 
 def describe(cfg) -> dict:
@@ -51,16 +52,27 @@ def describe(cfg) -> dict:
     }
 
 
-def level_index(level, grid: list) -> int:
-    """Ordinal of ``level`` in its arm's grid; off-grid numbers take their sorted insertion place."""
+def level_index(level, grid: list) -> int | None:
+    """Position of ``level`` in its arm's grid (0 for an arm without levels); None when off-grid.
+
+    Off-grid levels get no index rather than a made-up one, so two of them never share a place:
+    the report orders numeric levels by their value, named ones by index and then name.
+    """
     if level is None:
         return 0
-    if level in grid:
-        return grid.index(level)
-    try:
-        return sum(1 for g in grid if float(g) < float(level))
-    except (TypeError, ValueError):
-        return len(grid)
+    for i, g in enumerate(grid):
+        if _same_level(level, g):
+            return i
+    return None
+
+
+def _same_level(a, b) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        try:
+            return float(a) == float(b)  # "5e-5" on the command line and 5.0e-5 in the grid
+        except (TypeError, ValueError):
+            return str(a) == str(b)
+    return a == b
 
 
 def runtime(trainer) -> Runtime:
@@ -76,16 +88,6 @@ def runtime(trainer) -> Runtime:
     return Runtime(device=device, num_workers=workers, bf16=bf16, progress=bool(trainer.progress))
 
 
-def _semantic(config: dict) -> dict:
-    out = dict(config)
-    for key, sub in EXECUTION_KEYS.items():
-        if sub is None:
-            out.pop(key, None)
-        elif isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k not in sub}
-    return out
-
-
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = []
     for k in sorted(set(a) | set(b), key=str):
@@ -99,24 +101,25 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
     """The finished run.json if this exact run is already complete; clears the dir when not resuming."""
-    import json
-
     config_path, run_path = out_dir / "config.yaml", out_dir / "run.json"
     if not config_path.exists():
         return None
     if not resume:
         log.warning("trainer.resume=false: starting %s afresh", out_dir)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
-        for name in ("model.safetensors", "history.csv", "run.json"):
+        for name in ("model.safetensors", INITIAL, "history.csv", "run.json"):
             (out_dir / name).unlink(missing_ok=True)
         return None
     old = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
-    changed = _diff(_semantic(old), _semantic(resolved))
+    changed = _diff(semantic(old), semantic(resolved))
     if changed:
         raise ConfigError(f"{changed[0]}: differs from the run already in {out_dir} ({len(changed)} keys differ); use another paths.runs_dir or trainer.resume=false to overwrite")
     if run_path.exists():
         info = json.loads(run_path.read_text())
         if info.get("status") == "complete" and (out_dir / "model.safetensors").exists():
+            if "recipe" not in info:  # finished before run.json recorded it: same config, same recipe
+                info.update(recipe(old))
+                write_json(run_path, info)
             return info
     return None
 
@@ -139,6 +142,7 @@ def run(cfg, out_dir: Path) -> dict:
     try:
         validate(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
+        info.update(recipe(resolved))
         done = _previous(out_dir, resolved, bool(cfg.trainer.resume))
     except ConfigError as err:
         if not (out_dir / "config.yaml").exists():  # never overwrite the record of a run already there
@@ -175,7 +179,6 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     torch.manual_seed(seed)
     splits = build_splits(cfg.data, cfg.paths, task="target", synth_cfg=cfg.get("synth"), seed=seed)
     start_weights = pretrained.resolve(cfg, rt)
-    info["pretrained"] = start_weights
     if splits.synth:
         info["synth"] = splits.synth
 
@@ -183,6 +186,9 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     model = models.create(cfg.model, splits.num_classes)
     if start_weights is not None:
         models.load_backbone(model, load_weights(start_weights["path"]), start_weights["path"])
+    else:  # from scratch: the seeded init is the reference the fine-tuned weights are compared with
+        start_weights = pretrained.record_initial(model, out_dir / INITIAL)
+    info["pretrained"] = start_weights
     model.to(rt.device)
     mean, std = models.normalisation(model, cfg.model)
     size = int(cfg.model.img_size)
