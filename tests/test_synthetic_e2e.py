@@ -54,7 +54,7 @@ def test_synthetic_run_records_amount_mode_and_diversity(tmp_path):
 
 
 def test_bad_synth_mode_fails_the_run_naming_the_key(tmp_path):
-    from wdiv.training.errors import ConfigError  # the CLI turns it into one line and exit 2
+    from wdiv.errors import ConfigError  # the CLI turns it into one line and exit 2
     from wdiv.training.runner import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

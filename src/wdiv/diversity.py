@@ -313,7 +313,7 @@ def measure_training_set(
 
 def _options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """``cfg`` over :data:`DEFAULTS`, checked: a bad value names its ``diversity.*`` key."""
-    from wdiv.training.errors import ConfigError
+    from wdiv.errors import ConfigError
 
     opts = {**DEFAULTS, **dict(cfg or {})}
     for key in ("sample_size", "draws", "pixel_size", "batch_size", "align_pool"):

@@ -21,7 +21,7 @@ log = logging.getLogger("wdiv.train")
 def task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from wdiv.training.errors import ConfigError
+    from wdiv.errors import ConfigError
     from wdiv.training.runner import run
 
     try:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from wdiv.io import atomic_write, write_json, write_text
 from wdiv.report import render
+from wdiv.report.across import across_markdown
 from wdiv.report.cells import BASELINE, cell_slug
 from wdiv.report.collect import collect
 from wdiv.report.tables import NoRuns, Report, build
@@ -138,6 +139,15 @@ def write_figures(report: Report, fig_dir: Path, formats: list[str], esd_run=Non
 # ----------------------------------------------------------------------------- writing
 
 
+def long_layers(wide: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, category, metric) with mean_D: the across table in categories.csv's shape."""
+    d_cols = [c for c in wide.columns if c.startswith("D_")]
+    ids = [c for c in wide.columns if c not in d_cols]
+    out = wide.melt(id_vars=ids, value_vars=d_cols, var_name="metric", value_name="mean_D")
+    out["metric"] = out["metric"].str.removeprefix("D_")
+    return out
+
+
 def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[str] | None, esd_run=None, esd_layer=None,
                  figure_metrics: list[str] | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,12 +159,12 @@ def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[st
     }
     across_text = {}
     for dims, result in report.across.items():
-        from wdiv.report.across import across_markdown
-
         tag = dims.replace(",", "_")
-        for part in ("layers", "tests", "pairwise", "model_tests"):
-            tables[f"across_{tag}_{part.replace('model_tests', 'model')}.csv"] = getattr(result, part)
-        across_text[dims] = across_markdown(result, report.metrics, render.markdown_table)
+        tables[f"across_{tag}_layers.csv"] = long_layers(result.layers)
+        tables[f"across_{tag}_tests.csv"] = result.tests
+        tables[f"across_{tag}_pairwise.csv"] = result.pairwise
+        tables[f"across_{tag}_model.csv"] = result.model_tests
+        across_text[dims] = across_markdown(result, [m for m in render.KEY_METRICS if m in report.metrics], render.markdown_table)
     for name, table in tables.items():
         write_csv(out_dir / name, table)
     for name, text in render.latex_tables(report).items():

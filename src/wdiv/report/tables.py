@@ -16,7 +16,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from wdiv.report import stats
-from wdiv.report.cells import BASELINE, CELL_KEYS, annotate, label, match_baselines, sort_key, unmatched_reason
+from wdiv.report.across import across as across_cells, normalise_dims
+from wdiv.report.cells import BASELINE, CELL_KEYS, NO_RECIPE, annotate, label, match_baselines, sort_key, unmatched_reason
 from wdiv.report.collect import Collection
 from wdiv.report.deltas import LAYER_KEYS, SHAPE_COLUMNS, UNCHANGED, double_differences, frozen_layers, run_means
 from wdiv.report.samples import layer_samples, seed_values
@@ -332,6 +333,10 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         runs = annotate(runs)
     metrics = collection.metrics
     runs["baseline_run_id"], notes = match_baselines(runs)
+    unrecorded = int((runs["recipe"] == NO_RECIPE).sum())
+    if unrecorded:
+        notes.append(f"{unrecorded} run(s) have no recipe in run.json (trained before wdiv recorded recipes, or brought "
+                     f"in without one): within a model and data they count as one recipe, '{NO_RECIPE}'")
     skipped = [collection.skipped]
     orphans = runs["baseline_run_id"].isna()
     if orphans.any():
@@ -385,7 +390,6 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         run_dirs={k: v for k, v in collection.run_dirs.items() if k in keep},
     )
     for dims in across or []:
-        from wdiv.report.across import across as across_cells  # noqa: PLC0415 - built by a colleague; see below
-
+        dims = normalise_dims(dims)
         report.across[",".join(dims)] = across_cells(layers, runs, metrics, dims=dims)
     return report
