@@ -41,7 +41,7 @@ import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.anova import anova_lm
-from statsmodels.stats.multitest import multipletests
+from wdiv.report.stats import adjust
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, SingularMatrixWarning
 
 BASELINE = "baseline"
@@ -239,17 +239,6 @@ def student_pairs(samples: dict[str, np.ndarray]) -> list[dict]:
     return rows
 
 
-def holm_bh(p) -> tuple[np.ndarray, np.ndarray]:
-    """Holm p and BH q of one family; NaN p-values stay NaN and are not members of the family."""
-    p = np.asarray(p, dtype=float)
-    holm, bh = np.full(p.shape, math.nan), np.full(p.shape, math.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        holm[ok] = multipletests(p[ok], method="holm")[1]
-        bh[ok] = multipletests(p[ok], method="fdr_bh")[1]
-    return holm, bh
-
-
 def published_tests(pooled: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One-way ANOVA and pairwise Student t per (group, metric) on the per-layer samples; Holm/BH per family."""
     test_rows, pair_rows = [], []
@@ -263,7 +252,7 @@ def published_tests(pooled: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFr
             base = {"group": group, "metric": m, "samples": LAYER_SAMPLES}
             test_rows.append(base | one_way(samples))
             pairs = student_pairs(samples)
-            holm, bh = holm_bh([r["p"] for r in pairs])
+            holm, bh = adjust([r["p"] for r in pairs])
             pair_rows += [base | r | {"p_holm": h, "q_bh": q} for r, h, q in zip(pairs, holm, bh)]
     test_cols = ["group", "metric", "samples", "test", "k", "n", "means", "F", "df_num", "df_den", "p", "note"]
     pair_cols = ["group", "metric", "samples", "test", "category_a", "category_b", "mean_a", "mean_b", "n_a", "n_b",

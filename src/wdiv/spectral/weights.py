@@ -34,6 +34,8 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from wdiv.io import sha256_file
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIX = ".weight"
@@ -359,15 +361,5 @@ def iter_matrices(source: WeightSource, specs: list[LayerSpec]) -> Iterator[tupl
         yield spec, to_matrices(spec, source.tensor(spec.key))
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """sha256 of a file (or of a sharded checkpoint's index + shards), streamed."""
-    import hashlib
-
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.glob("*.safetensors*") if p.is_file())
-    for p in files:
-        with open(p, "rb") as fh:
-            while block := fh.read(chunk):
-                h.update(block)
-    return h.hexdigest()
+# sha256 of a file or a sharded checkpoint's shard set: the one definition in wdiv.io.
+file_sha256 = sha256_file
