@@ -58,9 +58,22 @@ def adjust(p) -> tuple[np.ndarray, np.ndarray]:
     holm, bh = np.full(p.shape, math.nan), np.full(p.shape, math.nan)
     ok = np.isfinite(p)
     if ok.any():
-        holm[ok] = multipletests(p[ok], method="holm")[1]
+        holm[ok] = _holm(p[ok])
         bh[ok] = multipletests(p[ok], method="fdr_bh")[1]
     return holm, bh
+
+
+def _holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment, as statsmodels' multipletests(method="holm") computes it.
+
+    Written out because statsmodels runs gc.collect() on every Holm call: 90 calls were 6 of the
+    report's 22 s on a 60-run study. tests/test_report_units.py checks it against multipletests.
+    """
+    order = np.argsort(p)
+    steps = p[order] * np.arange(len(p), 0, -1)
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(steps), 1.0)
+    return adjusted
 
 
 def adjust_within(table: pd.DataFrame, family: list[str], p: str = "p", mask: pd.Series | None = None) -> pd.DataFrame:
