@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         for arm in arms:
             if run_stage(f"train {arm}", train_command(arm, args, sweeps), args.dry_run, timings):
                 failed.append(f"train {arm}")
-    analyze = [sys.executable, "-m", "wdiv.analyze", str(args.runs_dir), "--base",
+    analyze = [sys.executable, "-m", "wdiv.analyze", str(args.runs_dir), "--base", "--save-esd",
                "--jobs", str(args.analyze_jobs or args.n_jobs)]
     if run_stage("analyze", analyze, args.dry_run, timings):
         failed.append("analyze")  # per-run failures; the report lists runs left without spectra

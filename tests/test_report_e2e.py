@@ -30,7 +30,7 @@ def test_run_study_dry_run_builds_one_multirun_per_arm(tmp_path):
     assert "-m +exp=baseline seed=0,1 hydra/launcher=joblib hydra.launcher.n_jobs=2" in out
     assert "+exp=weight_decay" in out and "level=1e-4,1e-3" in out and "model=vit_micro" in out
     assert "no configs/exp/nosuch.yaml: arm nosuch skipped" in out
-    assert f"wdiv.analyze {tmp_path} --base" in out and f"wdiv.report {tmp_path}" in out
+    assert f"wdiv.analyze {tmp_path} --base --save-esd" in out and f"wdiv.report {tmp_path}" in out
     bad = run_study("--dry-run", "--levels", "weight_decay")
     assert bad.returncode == 2 and "ARM=L1,L2" in bad.stderr
 

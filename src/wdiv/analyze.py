@@ -15,10 +15,13 @@ import multiprocessing
 import os
 import re
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
+
+from wdiv.io import atomic_write, write_text
 
 log = logging.getLogger("wdiv.analyze")
 
@@ -50,6 +53,17 @@ class Outcome:
     df: object = None  # pandas.DataFrame
     errors: list[str] = field(default_factory=list)
     plots: int = 0
+    esd: dict | None = None  # esd key -> eigenvalues, with --save-esd
+
+
+def esd_key(row: dict) -> str:
+    """The esd.npz key of a table row: its longname, plus '#slice<k>' for --per-slice rows."""
+    return row["longname"] if "slice_id" not in row else f"{row['longname']}#slice{int(row['slice_id'])}"
+
+
+def esd_path(csv: Path) -> Path:
+    """esd.npz beside spectra.csv (spectra_base.csv -> esd_base.npz; <stem>.spectra.csv -> <stem>.esd.npz)."""
+    return csv.with_name(csv.name.replace("spectra", "esd", 1).removesuffix(".csv") + ".npz")
 
 
 # ------------------------------------------------------------------ discovery
@@ -147,20 +161,26 @@ def _set_threads(jobs: int) -> None:
 
 
 def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progress: bool = False,
-                       jobs: int = 1) -> Outcome:
-    """Analyse one checkpoint; never raises for bad input: errors come back as lines."""
+                       jobs: int = 1, save_esd: bool = False, hash_weights: bool = False) -> Outcome:
+    """Analyse one checkpoint; never raises for bad input: errors come back as lines.
+
+    save_esd keeps each row's fitted eigenvalues (for esd.npz); hash_weights adds the
+    weights_sha256 column (with --base, so the report can tell unchanged layers exactly)."""
     from wdiv.spectral.api import iter_layer_results, results_frame
-    from wdiv.spectral.weights import WeightsError, open_weights
+    from wdiv.spectral.weights import WeightsError, layer_hashes, open_weights, select_layers
 
     _set_threads(jobs)
-    outcome = Outcome()
+    outcome = Outcome(esd={} if save_esd else None)
     rows = []
+    hashes: dict[str, str] = {}
     try:
         with open_weights(weights) as source:
             if plot_dir is not None:
                 plot_dir.mkdir(parents=True, exist_ok=True)
             for res in iter_layer_results(source, opts, progress=progress, desc=str(weights)):
                 rows.append(res.row)
+                if save_esd and res.evals is not None:
+                    outcome.esd[esd_key(res.row)] = np.asarray(res.evals, dtype=np.float64)
                 if res.error:
                     outcome.errors.append(f"{weights}: layer {res.row['longname']}: {res.error}")
                 if plot_dir is not None and res.evals is not None:
@@ -170,6 +190,10 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
                     name = re.sub(r"[^\w.-]", "_", f"{res.row['layer_id']:04d}_{res.row['longname']}{tag}.png")
                     save_esd_figure(plot_dir / name, res.evals, res.row, res.rand_evals)
                     outcome.plots += 1
+            if hash_weights:
+                specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
+                                      max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
+                hashes = layer_hashes(source, specs)
     except WeightsError as exc:
         outcome.errors.append(str(exc))
         return outcome
@@ -180,19 +204,9 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
         outcome.errors.append(f"{weights}: no layer to analyse (nothing passed the layer selection)")
         return outcome
     outcome.df = results_frame(rows)
+    if hash_weights:
+        outcome.df["weights_sha256"] = outcome.df["longname"].map(hashes)
     return outcome
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(v):
@@ -213,35 +227,56 @@ def summary_dict(df, meta: dict) -> dict:
     return out
 
 
-def _meta(t: Target, opts, df) -> dict:
+def _meta(t: Target, opts, df, save_esd: bool = False) -> dict:
     status = df["status"] if "status" in df else None
     return {"weights": str(t.weights), "options": opts.fingerprint(), "base": str(t.base) if t.base else None,
             "base_sha256": t.base_sha, "n_layers": int(len(df)),
-            "n_failed": int((status == "failed").sum()) if status is not None else 0}
+            "n_failed": int((status == "failed").sum()) if status is not None else 0,
+            "esd_saved": bool(save_esd), "weights_hashed": "weights_sha256" in df}
 
 
-def is_up_to_date(t: Target, opts) -> bool:
+def is_up_to_date(t: Target, opts, save_esd: bool = False) -> bool:
+    """Outputs exist, are newer than the weights, and were made with the same options (and with
+    esd.npz / the layer hashes when this run asks for them)."""
     if not (t.csv.is_file() and t.summary.is_file()):
         return False
     if t.base is not None and not t.base_csv.is_file():
+        return False
+    if save_esd and not (esd_path(t.csv).is_file() and (t.base is None or esd_path(t.base_csv).is_file())):
         return False
     try:
         meta = json.loads(t.summary.read_text()).get("wdiv", {})
     except (OSError, ValueError):
         return False
     newest = max(p.stat().st_mtime for p in ([t.weights] if t.weights.is_file() else t.weights.glob("*.safetensors*")))
+    if t.base is not None and not meta.get("weights_hashed"):
+        return False
     return (meta.get("options") == json.loads(json.dumps(opts.fingerprint())) and meta.get("base_sha256") == t.base_sha
             and t.csv.stat().st_mtime >= newest)
 
 
-def write_outputs(t: Target, opts, df, base_df=None) -> None:
+def write_esd(path: Path, esd: dict) -> None:
+    """One compressed array of float64 eigenvalues per row (keys: esd_key), written atomically."""
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **esd)
+
+    atomic_write(path, save)
+
+
+def write_outputs(t: Target, opts, df, base_df=None, esd: dict | None = None, base_esd: dict | None = None) -> None:
+    """spectra_base.csv / esd files first, spectra.csv next, the summary (the record) last."""
     from wdiv.spectral.api import add_deltas
 
     if base_df is not None:
-        _atomic_write_text(t.base_csv, base_df.to_csv(index=False))
+        write_text(t.base_csv, base_df.to_csv(index=False))
+        if base_esd is not None:
+            write_esd(esd_path(t.base_csv), base_esd)
         df = add_deltas(df, base_df)
-    _atomic_write_text(t.csv, df.to_csv(index=False))
-    _atomic_write_text(t.summary, json.dumps(summary_dict(df, _meta(t, opts, df)), indent=2, default=str) + "\n")
+    if esd is not None:
+        write_esd(esd_path(t.csv), esd)
+    write_text(t.csv, df.to_csv(index=False))
+    write_text(t.summary, json.dumps(summary_dict(df, _meta(t, opts, df, esd is not None)), indent=2, default=str) + "\n")
 
 
 # ------------------------------------------------------------------ CLI
@@ -285,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference checkpoint for delta_<metric> columns; without a value: run.json pretrained.path")
     o.add_argument("--out", default=None, help="spectra csv path (a single checkpoint only)")
     o.add_argument("--plot", action="store_true", help="one ESD PNG per layer under esd/ beside the csv")
+    o.add_argument("--save-esd", action="store_true",
+                   help="esd.npz beside spectra.csv (esd_base.npz with --base): the fitted eigenvalues of every row")
     o.add_argument("--force", action="store_true", help="redo outputs that are up to date")
     o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel")
     o.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -303,18 +340,20 @@ def options_from_args(args):
         max_evals=args.max_evals, max_N=args.max_N, device=args.device)
 
 
-def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool) -> dict:
+def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool, save_esd: bool = False,
+             hash_weights: bool = False) -> dict:
     """weights path -> Outcome, each distinct path analysed once (in parallel with jobs > 1)."""
     from tqdm.auto import tqdm
 
     results = {}
     if jobs <= 1 or len(jobs_in) <= 1:
         for key in tqdm(jobs_in, desc="checkpoints", unit="ckpt", disable=not progress or len(jobs_in) < 2):
-            results[key] = analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress)
+            results[key] = analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress,
+                                              save_esd=save_esd, hash_weights=hash_weights)
         return results
     # spawn, not fork: a forked child can hang on the parent's OpenMP/BLAS thread state
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futs = {key: pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs)
+        futs = {key: pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights)
                 for key, path in jobs_in.items()}
         for key in tqdm(futs, desc="checkpoints", unit="ckpt", disable=not progress):
             results[key] = futs[key].result()
@@ -336,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.base:
         attach_bases(targets, args.base)
     errors = [t.error for t in targets if t.error]
-    todo = [t for t in targets if not t.error and (args.force or not is_up_to_date(t, opts))]
+    todo = [t for t in targets if not t.error and (args.force or not is_up_to_date(t, opts, args.save_esd))]
     for t in targets:
         if not t.error and t not in todo:
             log.info("%s: up to date, skipped (--force to redo)", t.csv)
@@ -345,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     bases = {t.base_sha: t.base for t in todo if t.base is not None}
     work.update({f"base:{sha}": path for sha, path in bases.items()})
     progress = not args.quiet and sys.stderr.isatty()
-    results = _run_all(work, opts, plot_dirs, args.jobs, progress)
+    results = _run_all(work, opts, plot_dirs, args.jobs, progress, save_esd=args.save_esd, hash_weights=bool(args.base))
     written = 0
     for t in todo:
         res = results[str(t.weights)]
@@ -356,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if res.df is None:
             continue
-        write_outputs(t, opts, res.df, base_res.df if base_res is not None else None)
+        write_outputs(t, opts, res.df, base_res.df if base_res is not None else None, res.esd,
+                      base_res.esd if base_res is not None else None)
         written += 1
     for sha, path in bases.items():
         errors.extend(f"(reference) {e}" for e in results[f"base:{sha}"].errors)

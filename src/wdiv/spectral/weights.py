@@ -363,3 +363,19 @@ def iter_matrices(source: WeightSource, specs: list[LayerSpec]) -> Iterator[tupl
 
 # sha256 of a file or a sharded checkpoint's shard set: the one definition in wdiv.io.
 file_sha256 = sha256_file
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor as stored (dtype, shape, raw bytes; no conversion to float64), so two
+    checkpoints' copies of a layer compare exactly: equal hash = the layer was not changed."""
+    import hashlib
+
+    t = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def layer_hashes(source: WeightSource, specs: list[LayerSpec]) -> dict[str, str]:
+    """longname -> tensor_sha256 of its stored weight, one tensor read at a time."""
+    return {spec.longname: tensor_sha256(source.tensor(spec.key)) for spec in specs}
