@@ -118,7 +118,7 @@ def _run(out_dir: Path, *overrides: str) -> dict:
     return run(compose_cfg(*overrides), out_dir)
 
 
-def test_from_scratch_run_keeps_its_seeded_initial_weights_as_reference(tmp_path):
+def test_from_scratch_run_keeps_its_seeded_initial_weights_as_reference(tmp_path, monkeypatch):
     from wdiv.analyze import attach_bases, discover
     from wdiv.training import models
 
@@ -139,6 +139,10 @@ def test_from_scratch_run_keeps_its_seeded_initial_weights_as_reference(tmp_path
     assert all(torch.equal(kept[k], fresh[k]) for k in kept)
     assert not torch.equal(kept["head.weight"], load_file(str(tmp_path / "model.safetensors"))["head.weight"])  # trained
 
+    decoy = tmp_path / "elsewhere"
+    decoy.mkdir()
+    (decoy / "initial.safetensors").write_bytes(b"not this one")
+    monkeypatch.chdir(decoy)  # a file of the same name in the working directory is never the reference
     (target,) = discover([str(tmp_path)])  # wdiv.analyze --base finds it beside the run, and only model.safetensors is a target
     attach_bases([target], "auto")
     assert target.error is None and target.weights.name == "model.safetensors"

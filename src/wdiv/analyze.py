@@ -131,7 +131,7 @@ def attach_bases(targets: list[Target], base: str) -> None:
                 t.error = f"{t.run_dir / 'run.json'}: no pretrained.path to use as --base"
                 continue
             ref = Path(pre["path"])
-            if not ref.is_absolute() and not ref.exists():
+            if not ref.is_absolute():  # relative to the run dir (a scratch run's initial.safetensors), never the cwd
                 ref = t.run_dir / ref
             sha = pre.get("sha256")
         if not ref.exists():
