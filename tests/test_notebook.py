@@ -39,3 +39,24 @@ def test_notebook_runs_on_a_generated_study(tmp_path, monkeypatch):
     nb = execute_notebook(root / "report", monkeypatch, tmp_path)
     assert len(_outputs(nb, "image/png")) >= 6  # dM, three D-vs-level, per-layer, accuracy-vs-diversity
     assert any("falls monotonically" in o["data"]["text/markdown"] for o in _outputs(nb, "text/markdown"))
+
+
+def test_readme_notebook_command_runs_with_the_dev_extras(tmp_path):
+    """README's headless notebook command, as written there, on a generated study's report."""
+    import os
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    readme = (NOTEBOOK.parents[1] / "README.md").read_text()
+    found = re.search(r"`(WDIV_REPORT_DIR=(\S+) jupyter execute (\S+))`", readme)
+    assert found, "README lost its notebook command"
+    root = make_study(tmp_path / "runs", diversity=True)
+    assert report.main([str(root), "--no-figures"]) == 0
+    words = shlex.split(found.group(1))
+    env = {**os.environ, "WDIV_REPORT_DIR": str(root / "report"), "MPLBACKEND": "Agg"}
+    jupyter = Path(sys.executable).with_name("jupyter")
+    proc = subprocess.run([str(jupyter), *words[2:3], str(NOTEBOOK.parents[1] / words[3])], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
