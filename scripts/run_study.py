@@ -45,6 +45,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first bad option as one line, before anything runs (None when all are usable)."""
+    seeds = [s.strip() for s in args.seeds.split(",")]
+    if not all(s.lstrip("-").isdigit() for s in seeds):
+        return f"--seeds {args.seeds!r}: comma-separated integers expected"
+    if args.n_jobs < 1:
+        return f"--n-jobs {args.n_jobs}: at least 1"
+    if args.analyze_jobs is not None and args.analyze_jobs < 1:
+        return f"--analyze-jobs {args.analyze_jobs}: at least 1"
+    if args.runs_dir.exists() and not args.runs_dir.is_dir():
+        return f"--runs-dir {args.runs_dir}: exists and is not a directory"
+    if not [a for a in args.arms.split(",") if a.strip()]:
+        return "--arms: no arm given"
+    return None
+
+
 def train_command(arm: str, args: argparse.Namespace, sweeps: dict[str, dict[str, str]]) -> list[str]:
     threads = max(1, (os.cpu_count() or 1) // max(1, args.n_jobs))
     cmd = [sys.executable, "-m", "wdiv.train", "-m", f"+exp={arm}", f"seed={args.seeds}",
@@ -80,6 +96,9 @@ def run_stage(name: str, cmd: list[str], dry_run: bool, timings: list[tuple[str,
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if (why := check_args(args)) is not None:
+        print(f"run_study: error: {why}", file=sys.stderr)
+        return 2
     sweeps: dict[str, dict[str, str]] = {}
     for flag, items in (("--levels", [f"{i.partition('=')[0]}:level={i.partition('=')[2]}" if "=" in i else i
                                       for i in args.levels]), ("--sweep", args.sweep)):

@@ -33,6 +33,11 @@ def test_run_study_dry_run_builds_one_multirun_per_arm(tmp_path):
     assert f"wdiv.analyze {tmp_path} --base --save-esd" in out and f"wdiv.report {tmp_path}" in out
     bad = run_study("--dry-run", "--levels", "weight_decay")
     assert bad.returncode == 2 and "ARM=L1,L2" in bad.stderr
+    for args, says in ((("--seeds", "0,x"), "--seeds"), (("--n-jobs", "0"), "--n-jobs"),
+                       (("--analyze-jobs", "0"), "--analyze-jobs"), (("--runs-dir", str(SCRIPT)), "--runs-dir")):
+        bad = run_study("--dry-run", *args)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"run_study: error: {says}"), bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and "===" not in bad.stdout
 
 
 @pytest.mark.slow
