@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from torchvision.transforms.v2.functional import resize
@@ -40,10 +41,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def check_args(args: argparse.Namespace, names: list[str]) -> str | None:
+    """The first bad option as one line, before a pipeline is loaded or a file written."""
+    if not names:
+        return "--classes: no class name given"
+    for flag, value in (("--per-class", args.per_class), ("--steps", args.steps), ("--batch-size", args.batch_size)):
+        if value < 1:
+            return f"{flag} {value}: at least 1"
+    if args.resolution < 8 or args.resolution % 8:
+        return f"--resolution {args.resolution}: a positive multiple of 8 (the diffusion VAE's stride)"
+    if args.size is not None and args.size < 1:
+        return f"--size {args.size}: at least 1"
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        return f"--out {out}: exists (pass --overwrite to replace it)"
+    return None
+
+
 def main(argv: list[str] | None = None, pipeline: Any = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if (why := check_args(args, names)) is not None:
+        print(f"generate_synthetic: error: {why}", file=sys.stderr)
+        return 2
     gen = StableDiffusionGenerator(
         {
             "name": "stable_diffusion",

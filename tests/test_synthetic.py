@@ -249,8 +249,22 @@ def test_generate_synthetic_script_writes_a_folder_the_folder_generator_reads(tm
     argv = ["--out", str(out), "--classes", "h,v,d", "--per-class", "12", "--resolution", "16", "--size", "12"]
     assert script.main(argv, pipeline=_StandInPipeline()) == 0
     assert sorted(p.name for p in out.iterdir()) == ["classes.json", "d", "h", "v"]
-    assert script.main(argv, pipeline=_StandInPipeline()) == 1  # refuses to overwrite
+    assert script.main(argv, pipeline=_StandInPipeline()) == 2  # refuses to overwrite, before generating
     real = _real()
     del real.classes  # e.g. CIFAR tensors: no class names on the dataset
     mixed = build_synthetic_train(real, {"mode": "replace", "p": 0.3, "generator": {"name": "folder", "root": str(out)}}, seed=0)
     assert mixed.info["n_synthetic"] == 18 and mixed.images.shape == real.images.shape
+
+
+@pytest.mark.parametrize("bad, says", [(["--per-class", "0"], "--per-class"), (["--classes", " , "], "--classes"),
+                                       (["--resolution", "20"], "--resolution"), (["--batch-size", "0"], "--batch-size")])
+def test_generate_synthetic_script_checks_options_before_any_work(tmp_path, capsys, bad, says):
+    class Untouchable:
+        def __call__(self, *a, **k):
+            raise AssertionError("the pipeline ran despite a bad option")
+
+    argv = ["--out", str(tmp_path / "sd"), "--classes", "h,v", "--per-class", "2", "--resolution", "16", *bad]
+    assert _script().main(argv, pipeline=Untouchable()) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"generate_synthetic: error: {says}")
+    assert not (tmp_path / "sd").exists()
