@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from wdiv.errors import InputError
 from wdiv.io import atomic_path, sha256_file, write_json, write_text
 
 __all__ = ["STATE", "atomic_path", "load_resume", "load_weights", "save_resume", "save_weights", "sha256_file", "write_json", "write_text"]
@@ -56,9 +57,34 @@ def save_resume(ckpt_dir: Path, *, model, optimizer, epoch: int, step: int, hist
 
 
 def load_resume(ckpt_dir: Path) -> tuple[dict, dict[str, torch.Tensor]] | None:
-    """The last (state, weights) pair, or None when there is no checkpoint."""
+    """The last (state, weights) pair, or None when there is no checkpoint.
+
+    A damaged pair (truncated, garbage, a weights file missing) raises :class:`InputError`
+    naming the file, never a traceback from deep inside torch or safetensors.
+    """
     state_path = Path(ckpt_dir) / STATE
     if not state_path.exists():
         return None
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    return state, load_weights(Path(ckpt_dir) / state["weights"])
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bytes that are not its format
+        raise damaged(state_path, f"not a readable torch file ({_first_line(err)})") from None
+    if not isinstance(state, dict) or not {"epoch", "step", "weights", "optimizer", "history"} <= state.keys():
+        raise damaged(state_path, "not a wdiv resume state")
+    weights_path = Path(ckpt_dir) / str(state["weights"])
+    if not weights_path.is_file():
+        raise damaged(weights_path, "missing")
+    try:
+        return state, load_weights(weights_path)
+    except Exception as err:
+        raise damaged(weights_path, f"not a readable safetensors file ({_first_line(err)})") from None
+
+
+def damaged(path: Path, reason: str) -> InputError:
+    return InputError(f"damaged resume state {path}: {reason}; trainer.resume=false starts over")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if len(line) <= 120 else line[:117] + "..."

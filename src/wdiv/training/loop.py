@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from wdiv.training import interrupts
 from wdiv.training.optim import lr_factor
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def train_epoch(model, loader, optimizer, rt: Runtime, *, lr_at: Callable[[int],
 
         batches = tqdm(batches, total=len(loader), desc=desc, leave=False, dynamic_ncols=True)
     for images, labels in batches:
+        interrupts.check()  # SIGINT/SIGTERM: stop here; the last epoch's checkpoint is the resume point
         images = finish(images.to(rt.device, non_blocking=True))
         labels = labels.to(rt.device, non_blocking=True)
         factor = lr_at(step)
@@ -123,6 +125,7 @@ def predict(model, loader, rt: Runtime, finish: Callable = _identity) -> tuple[t
     model.eval()
     outs, labels = [], []
     for images, target in loader:
+        interrupts.check()
         with rt.autocast():
             logits = model(finish(images.to(rt.device, non_blocking=True)))
         outs.append(logits.float().cpu())

@@ -69,13 +69,19 @@ def record_initial(model, path: Path) -> dict:
     Written once, atomically. When the file is already there (a restarted run) it is never
     overwritten: its weights are loaded into ``model`` instead, so the recorded initial weights
     are exactly what training starts from even if this process's seeded init came out different.
+    A file that no longer reads (truncated, garbage) is rewritten from the seed's init, with a warning.
     Returns run.json ``pretrained`` with ``path`` relative to the run directory.
     """
     import torch
 
     path = Path(path)
+    kept = None
     if path.exists():
-        kept = load_weights(path)
+        try:
+            kept = load_weights(path)
+        except Exception as err:  # damaged (truncated, garbage): the seed's init is the same weights
+            log.warning("%s: not a readable safetensors file (%s); rewritten from this seed's init", path, type(err).__name__)
+    if kept is not None:
         fresh = model.state_dict()
         if kept.keys() != fresh.keys() or any(kept[k].shape != fresh[k].shape for k in kept):
             raise ConfigError(f"model.pretrained: {path} holds initial weights of another model; remove it or use trainer.resume=false")

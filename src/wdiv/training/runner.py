@@ -1,8 +1,11 @@
 """One fine-tuning run, from a composed config to a complete run directory.
 
 Run directory contract (see DESIGN.md): model.safetensors, config.yaml (resolved), history.csv,
-checkpoints/, run.json (status running | complete | failed). Re-running the same command on
-the same directory resumes from the last epoch checkpoint, or returns at once if complete.
+checkpoints/, run.json (status running | complete | failed | interrupted), written last, whose
+``files`` describe the weights (records.describe). Re-running the same command on the same
+directory resumes from the last epoch checkpoint, or returns at once if complete *and* its
+weights still match run.json's record; a damaged or missing file is redone, never reused.
+A config error is raised before anything is written.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from wdiv.errors import ConfigError
+from wdiv import records
+from wdiv.errors import ConfigError, InputError
 from wdiv.io import write_json, write_text
-from wdiv.training.checkpoint import load_resume, load_weights, save_resume, save_weights
+from wdiv.training.checkpoint import STATE, damaged, load_resume, load_weights, save_resume, save_weights
+from wdiv.training.interrupts import Interrupted
 from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
 from wdiv.training.recipe import recipe, semantic
 from wdiv.training.validate import NUMERIC_ARMS, validate
@@ -85,7 +90,16 @@ def runtime(trainer) -> Runtime:
     workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if workers == "auto" else int(workers)
     precision = str(trainer.precision)
     bf16 = device.type == "cuda" and precision in ("auto", "bf16")
-    return Runtime(device=device, num_workers=workers, bf16=bf16, progress=bool(trainer.progress))
+    return Runtime(device=device, num_workers=workers, bf16=bf16, progress=show_progress(trainer.progress))
+
+
+def show_progress(setting) -> bool:
+    """trainer.progress: auto (default) draws bars only when stderr is a terminal; true/false force."""
+    if str(setting).lower() == "auto":
+        import sys
+
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    return bool(setting)
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -99,6 +113,9 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+WEIGHT_FILES = ("model.safetensors", INITIAL)  # what run.json ``files`` must vouch for
+
+
 def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
     """The finished run.json if this exact run is already complete; clears the dir when not resuming."""
     config_path, run_path = out_dir / "config.yaml", out_dir / "run.json"
@@ -110,18 +127,54 @@ def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
         for name in ("model.safetensors", INITIAL, "history.csv", "run.json"):
             (out_dir / name).unlink(missing_ok=True)
         return None
-    old = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+    try:
+        old = OmegaConf.to_container(OmegaConf.load(config_path), resolve=True)
+        if not isinstance(old, dict):
+            raise ValueError("not a mapping")
+    except Exception as err:  # yaml and omegaconf raise several types
+        raise InputError(f"{config_path}: not a readable config ({type(err).__name__}); trainer.resume=false starts over") from None
     changed = _diff(semantic(old), semantic(resolved))
     if changed:
         raise ConfigError(f"{changed[0]}: differs from the run already in {out_dir} ({len(changed)} keys differ); use another paths.runs_dir or trainer.resume=false to overwrite")
-    if run_path.exists():
-        info = json.loads(run_path.read_text())
-        if info.get("status") == "complete" and (out_dir / "model.safetensors").exists():
-            if "recipe" not in info:  # finished before run.json recorded it: same config, same recipe
-                info.update(recipe(old))
-                write_json(run_path, info)
-            return info
+    if not run_path.exists():
+        return None
+    try:
+        info = records.read_json(run_path)
+    except ValueError as err:
+        log.warning("%s; not taken as complete, resuming from checkpoints/", err)
+        return None
+    if info.get("status") != "complete":
+        return None
+    reason = _damaged_output(out_dir, info)
+    if reason:
+        log.warning("%s; run.json says complete, redoing it from checkpoints/", reason)
+        return None
+    if "recipe" not in info:  # finished before run.json recorded it: same config, same recipe
+        info.update(recipe(old))
+        write_json(run_path, info)
+    return info
+
+
+def _damaged_output(out_dir: Path, info: dict) -> str | None:
+    """Why the weights of a 'complete' run may not be used (naming the file), or None."""
+    files = info.get("files") if isinstance(info.get("files"), dict) else {}
+    for name in WEIGHT_FILES:
+        entry = files.get(name)
+        if entry is None and not (name == "model.safetensors" or (out_dir / name).exists()):
+            continue  # initial.safetensors: only from-scratch runs have it
+        reason = records.check(out_dir / name, entry)  # no entry (older run): it must at least parse
+        if reason:
+            return f"{out_dir / name}: {reason}"
     return None
+
+
+def _describe_outputs(out_dir: Path) -> dict:
+    """run.json ``files``: the record of what this run wrote for other stages."""
+    files = {}
+    for name in (*WEIGHT_FILES, "history.csv"):
+        if (out_dir / name).is_file():
+            files[name] = records.describe(out_dir / name)
+    return files
 
 
 def write_history(path: Path, rows: list[dict]) -> None:
@@ -134,37 +187,48 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 
 def run(cfg, out_dir: Path) -> dict:
-    """Train, evaluate and write ``out_dir``; returns the run.json dict."""
+    """Train, evaluate and write ``out_dir``; returns the run.json dict.
+
+    Raises ConfigError before writing anything when the config is bad, InputError naming the
+    file when a resume state or an earlier run's record is damaged, and
+    :class:`~wdiv.training.interrupts.Interrupted` (run.json status "interrupted") after a stop
+    signal; the same call then resumes.
+    """
     start = time.time()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     info = {"status": "running", **describe(cfg)}
-    try:
-        validate(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        info.update(recipe(resolved))
-        done = _previous(out_dir, resolved, bool(cfg.trainer.resume))
-    except ConfigError as err:
-        if not (out_dir / "config.yaml").exists():  # never overwrite the record of a run already there
-            write_json(out_dir / "run.json", {**info, "status": "failed", "error": str(err)})
-        raise
+    validate(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    info.update(recipe(resolved))
+    done = _previous(out_dir, resolved, bool(cfg.trainer.resume))
     if done is not None:
         log.info("already complete, nothing to do: %s", out_dir)
-        _summary(done, out_dir)
         return done
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     write_json(out_dir / "run.json", info)
     try:
         info = _execute(cfg, out_dir, info, start)
-    except StopRequested as stop:
+    except StopRequested as stop:  # the test hook: as if killed, run.json stays "running"
         log.warning("%s; rerun the same command to resume", stop)
         write_json(out_dir / "run.json", {**info, "note": str(stop)})
         return info
+    except Interrupted as stop:
+        if stop.epoch is None:  # before training started: the resume point is what checkpoints/ holds
+            stop.epoch = _resume_epoch(out_dir / "checkpoints")
+        write_json(out_dir / "run.json", {**info, "status": "interrupted", "interrupted": {"signal": stop.name, "after_epoch": stop.epoch}})
+        raise
     except BaseException as err:
         write_json(out_dir / "run.json", {**info, "status": "failed", "error": f"{type(err).__name__}: {err}"})
         raise
-    _summary(info, out_dir)
     return info
+
+
+def _resume_epoch(ckpt_dir: Path) -> int:
+    try:
+        return int(load_resume(ckpt_dir)[0]["epoch"])
+    except Exception:  # none, or damaged: the rerun will say which
+        return 0
 
 
 def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
@@ -221,9 +285,12 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     resumed = load_resume(ckpt_dir) if cfg.trainer.resume else None
     if resumed is not None:
         state, weights = resumed
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]), history=list(state["history"]))
+        try:
+            model.load_state_dict(weights)
+            optimizer.load_state_dict(state["optimizer"])
+            progress = Progress(epoch=int(state["epoch"]), step=int(state["step"]), history=list(state["history"]))
+        except Exception as err:  # parseable, but not this run's model or optimizer
+            raise damaged(ckpt_dir / STATE, f"does not fit this run ({type(err).__name__})") from None
         log.info("resuming %s after epoch %d", out_dir, progress.epoch)
     write_json(out_dir / "run.json", info)
 
@@ -239,10 +306,13 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         warmup_epochs=float(cfg.optim.get("warmup_epochs", 0.0)),
         stop_after_epoch=t.get("stop_after_epoch"),
     )
-    fit(model, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
-
-    sets = {"test": transformed(splits.test, eval_tf), **{name: transformed(ds, eval_tf) for name, ds in splits.ood.items()}}
-    results = evaluate(model, sets, rt, batch_size=int(t.eval_batch_size), finish=finish)
+    try:
+        fit(model, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
+        sets = {"test": transformed(splits.test, eval_tf), **{name: transformed(ds, eval_tf) for name, ds in splits.ood.items()}}
+        results = evaluate(model, sets, rt, batch_size=int(t.eval_batch_size), finish=finish)
+    except Interrupted as stop:
+        stop.epoch = progress.epoch  # what checkpoints/ holds: the resume point
+        raise
     ood = {name: results[name]["acc"] for name in splits.ood}
     info["metrics"] = {
         "test_acc": results["test"]["acc"],
@@ -253,6 +323,8 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         "val_acc": progress.history[-1].get("val_acc") if progress.history else None,
     }
     save_weights(model, out_dir / "model.safetensors")
+    write_history(out_dir / "history.csv", progress.history)  # also when resumed at the last epoch
+    info["files"] = _describe_outputs(out_dir)
     info["epochs_done"] = progress.epoch
     info["device"] = str(rt.device)
     info["wall_time_s"] = round(time.time() - start, 3)
@@ -261,12 +333,13 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     return info
 
 
-def _summary(info: dict, out_dir: Path) -> None:
+def summary(info: dict, out_dir: Path) -> str:
+    """One result line for a finished run (the CLI prints it on stdout)."""
     m = info.get("metrics") or {}
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     arm = info.get("arm") if info.get("level") is None else f"{info.get('arm')} {info.get('level')}"
-    log.info(
-        "done %s seed %s | test_acc %s | ece %s | ood_acc %s | wall %.1fs | %s",
-        arm, info.get("seed"),
-        fmt(m.get("test_acc")), fmt(m.get("test_ece")), fmt(m.get("ood_acc")), info.get("wall_time_s") or 0.0, out_dir,
+    wall = info.get("wall_time_s") or 0.0
+    return (
+        f"{info.get('status')} {arm} seed {info.get('seed')} | test_acc {fmt(m.get('test_acc'))} | ece {fmt(m.get('test_ece'))}"
+        f" | ood_acc {fmt(m.get('ood_acc'))} | wall {wall:.1f}s | {out_dir}"
     )

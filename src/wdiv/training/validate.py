@@ -9,6 +9,13 @@ from wdiv.errors import ConfigError
 ARMS = ("baseline", "dropout", "weight_decay", "augment", "synthetic")
 NUMERIC_ARMS = ("dropout", "weight_decay", "synthetic")
 
+# Each arm's knob: the key its exp file sets from ``level`` (``knob: ${level}``). A command-line
+# override of the knob replaces that interpolation, so the run would train one value and be
+# labelled (level, run dir, run.json, log) with another: such a run is refused, see check_label.
+KNOBS = {"dropout": "model.dropout", "weight_decay": "optim.weight_decay", "augment": "aug.policy", "synthetic": "synth.p"}
+# What every arm's regulariser is when it is off (the baseline recipe); an arm may only turn on its own.
+OFF = {"model.dropout": ("dropout", 0.0), "optim.weight_decay": ("weight_decay", 0.0), "aug.policy": ("augment", "none"), "synth.mode": ("synthetic", "none")}
+
 
 def _number(key: str, value, low=None, high=None, *, high_open=False, integer=False):
     try:
@@ -46,6 +53,51 @@ def validate(cfg) -> None:
     _check_model(cfg.model)
     if str(cfg.model.pretrained) == "builtin" and not cfg.data.get("source_classes"):
         raise ConfigError(f"model.pretrained: builtin needs a source task (data.source_classes) and {cfg.data.name} has none; use hub, none or a weights file")
+    check_label(cfg)
+
+
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    return node
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        return float(a) == float(b)  # "5e-5" on the command line and 5.0e-5 in the grid
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+def _show(v) -> str:
+    return "null" if v is None else str(v)
+
+
+def check_label(cfg) -> None:
+    """A run is labelled by what it trains: the arm's knob equals ``level``, every other arm is off.
+
+    ``+exp=dropout model.dropout=0.5`` trains dropout 0.5 while level (and so the run dir
+    p0.1, run.json and the log) would say 0.1: refused, naming the ``level=`` that says it.
+    ``+exp=baseline aug.policy=flip`` would be a baseline with augmentation: refused too.
+    """
+    arm = str(cfg.arm)
+    level = cfg.get("level")
+    knob = KNOBS.get(arm)
+    if knob is not None:
+        value = _get(cfg, knob)
+        if not _same(value, level):
+            raise ConfigError(f"{knob}={_show(value)} disagrees with level={_show(level)}: set level={_show(value)} instead (the {arm} arm's level sets {knob})")
+    if arm == "synthetic" and str(_get(cfg, "synth.mode")) == "none":
+        raise ConfigError("synth.mode=none: the synthetic arm mixes in synthetic data (replace, add or filtered; synth=offline or synth=folder)")
+    for key, (owner, off) in OFF.items():
+        if owner == arm:
+            continue
+        value = _get(cfg, key)
+        if value is not None and not _same(value, off):
+            raise ConfigError(f"{key}={_show(value)} is the {owner} arm's knob, but this run is labelled arm={arm}" + ("" if level is None else f" level={level}") + f": use +exp={owner} level={_show(value)}, or leave {key} at {off}")
 
 
 def _check_data(data) -> None:
