@@ -25,6 +25,7 @@ replaced image for ``replace``, a seeded same-class image for ``add``). Rho is t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -47,7 +48,10 @@ DEFAULTS: dict[str, Any] = {
     "encoder_pretrained": True,  # for a named timm encoder (needs its weights cached or a hub)
     "align": "nearest",  # generated rows' real reference: nearest same-class real image | index
     "align_pool": 1000,  # real images searched for the nearest one
+    "ngram": 1,  # text: order of the word n-grams counted for vendi_ngram
 }
+
+WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def vendi_score(X: np.ndarray | torch.Tensor) -> float:
@@ -203,26 +207,28 @@ def _labels(dataset: Any, indices: np.ndarray) -> torch.Tensor:
     return torch.tensor([int(dataset[int(i)][1]) for i in indices], dtype=torch.long)
 
 
-def _references(enc, real, train, rows, real_index, is_syn, first_draw, augmented, opts, rng) -> torch.Tensor:
-    """Embeddings of the real image each measured row is compared with (row-aligned, see above)."""
-    bs = int(opts["batch_size"])
+def _references(embed_rows, real, train, rows, real_index, is_syn, first_draw, augmented, opts, rng) -> torch.Tensor:
+    """Embeddings of the real row each measured row is compared with (row-aligned, see above).
+
+    ``embed_rows(dataset, indices)`` embeds rows of a dataset (images or texts alike).
+    """
     ref = first_draw.clone()  # an un-augmented real row is its own reference
     syn = is_syn[rows]
     own = ~syn if augmented else np.zeros(len(rows), dtype=bool)
     by_index = syn.copy() if opts["align"] == "index" else np.zeros(len(rows), dtype=bool)
     if opts["align"] == "nearest" and syn.any():
         pool = np.sort(rng.choice(len(real), size=min(int(opts["align_pool"]), len(real)), replace=False))
-        pool_emb = F.normalize(embed(enc, _stack(real, pool), bs), dim=1)
+        pool_emb = F.normalize(embed_rows(real, pool), dim=1)
         pool_lab = _labels(real, pool)
         sims = F.normalize(first_draw[torch.from_numpy(syn)], dim=1) @ pool_emb.T
         same = _labels(train, rows[syn])[:, None] == pool_lab[None, :]
         best = sims.masked_fill(~same, -torch.inf).argmax(1)
         found = same.any(1)
-        ref[torch.from_numpy(np.flatnonzero(syn)[found.numpy()])] = embed(enc, _stack(real, pool[best[found].numpy()]), bs)
-        by_index[np.flatnonzero(syn)[~found.numpy()]] = True  # no real image of that class in the pool
+        ref[torch.from_numpy(np.flatnonzero(syn)[found.numpy()])] = embed_rows(real, pool[best[found].numpy()])
+        by_index[np.flatnonzero(syn)[~found.numpy()]] = True  # no real row of that class in the pool
     redo = own | by_index
     if redo.any():
-        ref[torch.from_numpy(redo)] = embed(enc, _stack(real, real_index[rows[redo]]), bs)
+        ref[torch.from_numpy(redo)] = embed_rows(real, real_index[rows[redo]])
     return ref
 
 
@@ -238,6 +244,24 @@ def _apply(transform: Callable | None, images: torch.Tensor, seed: int, draw: in
         h, w = images.shape[-2:]
         out = [F.interpolate(to_unit_float(o)[None], size=(h, w), mode="bilinear")[0] for o in out]
     return torch.stack([to_unit_float(o) for o in out])
+
+
+def _sample_rows(real: Any, train: Any, opts: Mapping[str, Any], rng: np.random.Generator):
+    """(rows for VS, rows for rho, real_index, is_synthetic) of ``train``, drawn by ``rng``."""
+    n_train = len(train)
+    vs_rows = np.sort(rng.choice(n_train, size=min(int(opts["sample_size"]), n_train), replace=False))
+    real_index = np.asarray(getattr(train, "real_index", np.arange(n_train)))
+    if len(real_index) != n_train or (real_index.max(initial=0) >= len(real)):
+        raise ValueError("diversity: train has no real_index aligning its rows with the real set")
+    is_syn = np.asarray(getattr(train, "is_synthetic", np.zeros(n_train, dtype=bool)), dtype=bool)
+    fid_mask = np.asarray(getattr(train, "fidelity_rows", np.ones(n_train, dtype=bool)), dtype=bool)
+    if fid_mask.all():
+        rho_rows = vs_rows
+    else:
+        candidates = np.flatnonzero(fid_mask)
+        k = min(int(opts["sample_size"]), len(candidates))
+        rho_rows = np.sort(rng.choice(candidates, size=k, replace=False))
+    return vs_rows, rho_rows, real_index, is_syn
 
 
 def measure_training_set(
@@ -259,21 +283,11 @@ def measure_training_set(
     :data:`Encoder`, or None (then only ``vendi_pixel`` is filled). ``n`` counts the measured rows.
     """
     opts = _options(cfg)
+    if getattr(train, "modality", "image") == "text":
+        return measure_text_set(real=real, train=train, encoder=getattr(encoder, "module", encoder), cfg=cfg, seed=seed)
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    n_train = len(train)
-    vs_rows = np.sort(rng.choice(n_train, size=min(int(opts["sample_size"]), n_train), replace=False))
-    real_index = np.asarray(getattr(train, "real_index", np.arange(n_train)))
-    if len(real_index) != n_train or (real_index.max(initial=0) >= len(real)):
-        raise ValueError("diversity: train has no real_index aligning its rows with the real set")
-    is_syn = np.asarray(getattr(train, "is_synthetic", np.zeros(n_train, dtype=bool)), dtype=bool)
-    fid_mask = np.asarray(getattr(train, "fidelity_rows", np.ones(n_train, dtype=bool)), dtype=bool)
-    if fid_mask.all():
-        rho_rows = vs_rows
-    else:
-        candidates = np.flatnonzero(fid_mask)
-        k = min(int(opts["sample_size"]), len(candidates))
-        rho_rows = np.sort(rng.choice(candidates, size=k, replace=False))
+    vs_rows, rho_rows, real_index, is_syn = _sample_rows(real, train, opts, rng)
 
     draws = int(opts["draws"]) if transform is not None else 1
     rows = np.union1d(vs_rows, rho_rows)
@@ -297,7 +311,8 @@ def measure_training_set(
         result["vendi_embed"] = vendi_score(torch.cat([e[where_vs] for e in emb]))
         if len(rho_rows):
             mod_emb = torch.cat([e[where_rho] for e in emb])
-            ref = _references(enc, real, train, rho_rows, real_index, is_syn, emb[0][where_rho], transform is not None, opts, rng)
+            embed_rows = lambda ds, idx: embed(enc, _stack(ds, idx), bs)  # noqa: E731
+            ref = _references(embed_rows, real, train, rho_rows, real_index, is_syn, emb[0][where_rho], transform is not None, opts, rng)
             result["rho"] = fidelity(ref.repeat(draws, 1), mod_emb)
             result["weighted_vs"] = result["vendi_embed"] * result["rho"]
     log.info(
@@ -316,7 +331,7 @@ def _options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     from wdiv.errors import ConfigError
 
     opts = {**DEFAULTS, **dict(cfg or {})}
-    for key in ("sample_size", "draws", "pixel_size", "batch_size", "align_pool"):
+    for key in ("sample_size", "draws", "pixel_size", "batch_size", "align_pool", "ngram"):
         try:
             ok = int(opts[key]) >= 1
         except (TypeError, ValueError):
@@ -330,3 +345,71 @@ def _options(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
+
+
+def ngram_counts(texts: list[str], n: int = 1) -> np.ndarray:
+    """Rows of word n-gram counts (lower-cased words and punctuation marks), one per text."""
+    grams = []
+    for t in texts:
+        w = WORD.findall(t.lower())
+        grams.append([" ".join(w[i : i + n]) for i in range(len(w) - n + 1)])
+    vocab = {g: j for j, g in enumerate(sorted({g for row in grams for g in row}))}
+    out = np.zeros((len(texts), max(1, len(vocab))), dtype=np.float64)
+    for i, row in enumerate(grams):
+        for g in row:
+            out[i, vocab[g]] += 1.0
+    return out
+
+
+def ngram_vendi(texts: list[str], n: int = 1) -> float:
+    """Vendi score of texts as word n-gram count vectors (an empty text counts as a zero row)."""
+    return vendi_score(ngram_counts(texts, n))
+
+
+def measure_text_set(*, real: Any, train: Any, encoder: Any, cfg: Mapping[str, Any] | None, seed: int) -> dict[str, float | int | None]:
+    """Diversity of a text training set: ``{vendi_ngram, vendi_embed, rho, weighted_vs, n, ngram}``.
+
+    The same definitions as for images (rows, draws, alignment, rho over ``fidelity_rows``), with
+    word n-gram count vectors in place of pixels and the starting model's mean-pooled last hidden
+    states as embeddings. ``real``/``train`` are text sets (``texts``, ``labels``, ``encode(texts)``
+    -> token batch, ``draw(i, seed)`` -> row i as augmented in one draw); ``encoder`` is a module with
+    ``mean_pooled(tokens)`` (the run's text classifier), or None for ``vendi_ngram`` only.
+    """
+    opts = _options(cfg)
+    if opts.get("encoder"):
+        from wdiv.errors import ConfigError
+
+        raise ConfigError("diversity.encoder: a named (timm) encoder is for images; text runs embed with their starting model")
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    vs_rows, rho_rows, real_index, is_syn = _sample_rows(real, train, opts, rng)
+    augmented = getattr(train, "eda", None) is not None
+    draws = int(opts["draws"]) if augmented else 1
+    rows = np.union1d(vs_rows, rho_rows)
+    modified = [[train.draw(int(i), seed * 1000 + d) for i in rows] for d in range(draws)]
+    where_vs, where_rho = np.searchsorted(rows, vs_rows), np.searchsorted(rows, rho_rows)
+    vs_texts = [m[j] for m in modified for j in where_vs]
+    n = int(opts["ngram"])
+    result: dict[str, float | int | None] = {"vendi_ngram": ngram_vendi(vs_texts, n), "vendi_embed": None, "rho": None, "weighted_vs": None, "n": len(vs_texts), "ngram": n}
+    if encoder is not None and hasattr(encoder, "mean_pooled"):
+        bs = int(opts["batch_size"])
+        device = _device(encoder)
+
+        @torch.no_grad()
+        def embed_texts(texts: list[str]) -> torch.Tensor:
+            was_training = encoder.training
+            encoder.eval()
+            try:
+                return torch.cat([encoder.mean_pooled(train.encode(texts[i : i + bs]).to(device)).float().cpu() for i in range(0, len(texts), bs)])
+            finally:
+                encoder.train(was_training)
+
+        emb = [embed_texts(m) for m in modified]
+        result["vendi_embed"] = vendi_score(torch.cat([e[where_vs] for e in emb]))
+        if len(rho_rows):
+            embed_rows = lambda ds, idx: embed_texts([ds.texts[int(i)] for i in idx])  # noqa: E731
+            ref = _references(embed_rows, real, train, rho_rows, real_index, is_syn, emb[0][where_rho], augmented, opts, rng)
+            result["rho"] = fidelity(ref.repeat(draws, 1), torch.cat([e[where_rho] for e in emb]))
+            result["weighted_vs"] = result["vendi_embed"] * result["rho"]
+    log.info("diversity (text): vendi_ngram=%.2f vendi_embed=%s rho=%s on %d rows (%.2fs)", result["vendi_ngram"], _fmt(result["vendi_embed"]), _fmt(result["rho"]), result["n"], time.perf_counter() - start)
+    return result

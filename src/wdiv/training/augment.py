@@ -90,14 +90,18 @@ class Finish:
 
     Applied per image inside ``build_transform``, or once per batch by the training loop (same
     elementwise ops, bitwise the same numbers, a fraction of the per-image Python overhead).
+    ``mean=None`` (a text model's token batches) is the identity.
     """
 
     def __init__(self, mean, std):
-        self.mean, self.std = [float(m) for m in mean], [float(s) for s in std]
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
 
+        if self.mean is None:
+            return images
         if images.dtype == torch.uint8:
             images = TF.to_dtype(images, torch.float32, scale=True)
         return TF.normalize(images, self.mean, self.std)
@@ -107,7 +111,11 @@ def build_pipeline(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool)
     """(per-image transform or None, batch ``Finish``): augmentation per image, normalisation per batch.
 
     The per-image part keeps uint8 unless a float-stage component (noise) needs [0,1] floats.
+    A model without a pixel normalisation (``mean=None``: text) has no image pipeline at all; its
+    ``aug.policy`` is EDA, applied by the text dataset (wdiv.training.text.eda).
     """
+    if mean is None:
+        return None, Finish(None, None)
     uint8_stage, float_stage = [], []
     if raw_size != size:
         uint8_stage.append(v2.Resize([size, size], antialias=True))

@@ -73,6 +73,7 @@ class Splits:
     ood: dict[str, Dataset] = field(default_factory=dict)
     synth: dict | None = None
     real_train: Dataset | None = None  # the real training split when synthetic data is mixed in
+    run_info: dict = field(default_factory=dict)  # run.json fields the data adds (text: label order, EDA)
 
 
 def build_splits(data_cfg, paths_cfg, *, task: str = "target", synth_cfg=None, seed: int = 0) -> Splits:
@@ -82,6 +83,10 @@ def build_splits(data_cfg, paths_cfg, *, task: str = "target", synth_cfg=None, s
     module (imported lazily), which returns the mixed real + synthetic training set.
     """
     name = data_cfg.name
+    if str(data_cfg.get("modality", "image")) == "text":  # tokenized texts; mixes its own synthetic texts
+        from wdiv.training.text.data import text_splits
+
+        return text_splits(data_cfg, paths_cfg, task=task, synth_cfg=synth_cfg, seed=seed)
     if name == "digits":
         from wdiv.training.datasets import digits_splits
 
@@ -95,7 +100,7 @@ def build_splits(data_cfg, paths_cfg, *, task: str = "target", synth_cfg=None, s
 
         splits = imagefolder_splits(data_cfg, task=task)
     else:
-        raise ConfigError(f"data.name: unknown dataset {name!r} (digits, cifar10, cifar100, imagefolder)")
+        raise ConfigError(f"data.name: unknown dataset {name!r} (digits, cifar10, cifar100, imagefolder, text_csv)")
     if task == "target" and synth_cfg is not None and synth_cfg.get("mode", "none") != "none":
         from wdiv.training.synthetic import build_synthetic_train
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wdiv.errors import ConfigError
+from wdiv.training import text
+from wdiv.training.text import models as text_models
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,9 @@ BLOCK_CLASSES = ("Block", "BasicBlock", "Bottleneck", "BottleneckBlock", "Residu
 
 
 def create(model_cfg, num_classes: int) -> nn.Module:
-    """A randomly initialised timm model for ``num_classes`` with the configured dropout."""
+    """A randomly initialised timm model (or text classifier, see text.models) for ``num_classes``."""
+    if text.is_text_model(model_cfg):
+        return text_models.create(model_cfg, num_classes)
     import timm
 
     name = str(model_cfg.name)
@@ -87,7 +91,12 @@ def load_backbone(model: nn.Module, weights: dict[str, torch.Tensor], source: st
 
 
 def normalisation(model: nn.Module, model_cfg) -> tuple[list[float], list[float]]:
-    """The one (mean, std) of this model: from the config, else from timm's pretrained_cfg."""
+    """The one (mean, std) of this model: from the config, else from timm's pretrained_cfg.
+
+    (None, None) for a text model: token batches have no pixel normalisation (see augment.Finish).
+    """
+    if text.is_text_model(model_cfg):
+        return None, None
     cfg = getattr(model, "pretrained_cfg", None) or {}
     mean = model_cfg.get("mean") or cfg.get("mean") or (0.5, 0.5, 0.5)
     std = model_cfg.get("std") or cfg.get("std") or (0.5, 0.5, 0.5)

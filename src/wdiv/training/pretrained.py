@@ -24,8 +24,10 @@ from omegaconf import OmegaConf
 
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file, write_json
+from wdiv.training import text
 from wdiv.training.checkpoint import load_weights, save_weights
 from wdiv.training.data import cache_root
+from wdiv.training.text import models as text_models
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ def resolve(cfg, rt) -> dict | None:
         return None
     if spec == "builtin":
         path = ensure_builtin(cfg, rt)
+    elif spec == "hub" and text.is_text_model(cfg.model):  # a Hugging Face encoder (hub id or local dir)
+        path = text_models.ensure_hf(cfg.model, cache_root(cfg.paths))
     elif spec == "hub":
         path = ensure_hub(cfg)
     else:

@@ -45,6 +45,8 @@ def describe(cfg) -> dict:
         except (TypeError, ValueError):
             pass
     synth_mode = str(cfg.synth.get("mode", "none")) if cfg.get("synth") is not None else "none"
+    if synth_mode != "none" and cfg.synth.get("filter") is True:  # text: mode and filter are two knobs
+        synth_mode += "+filter"
     return {
         "exp": str(cfg.exp_name),
         "arm": str(cfg.arm),
@@ -245,6 +247,7 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     start_weights = pretrained.resolve(cfg, rt)
     if splits.synth:
         info["synth"] = splits.synth
+    info.update(splits.run_info)  # e.g. text: label order, tokenizer, EDA
 
     torch.manual_seed(seed)  # the fresh head's init depends on the seed only
     model = models.create(cfg.model, splits.num_classes)

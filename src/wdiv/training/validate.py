@@ -34,6 +34,8 @@ def _number(key: str, value, low=None, high=None, *, high_open=False, integer=Fa
 def validate(cfg) -> None:
     from wdiv.training.augment import parse_policy
     from wdiv.training.optim import OPTIMIZERS
+    from wdiv.training.text import is_text
+    from wdiv.training.text.checks import check_text
 
     if cfg.arm not in ARMS:
         raise ConfigError(f"arm: unknown arm {cfg.arm!r} (known: {', '.join(ARMS)})")
@@ -48,9 +50,12 @@ def validate(cfg) -> None:
     _number("trainer.epochs", cfg.trainer.epochs, 1, integer=True)
     _number("trainer.batch_size", cfg.trainer.batch_size, 1, integer=True)
     _number("trainer.threads", cfg.trainer.threads, 0, integer=True)
-    parse_policy(cfg.aug.policy)
-    _check_data(cfg.data)
-    _check_model(cfg.model)
+    if is_text(cfg):  # text model and data: their own checks (aug.policy is EDA there)
+        check_text(cfg)
+    else:
+        parse_policy(cfg.aug.policy)
+        _check_data(cfg.data)
+        _check_model(cfg.model)
     if str(cfg.model.pretrained) == "builtin" and not cfg.data.get("source_classes"):
         raise ConfigError(f"model.pretrained: builtin needs a source task (data.source_classes) and {cfg.data.name} has none; use hub, none or a weights file")
     check_label(cfg)
