@@ -1,83 +1,55 @@
 """python -m wdiv.analyze PATH [PATH ...]: spectra.csv (+ summary) beside every checkpoint.
 
-PATH is a weights file, a run directory, a sharded checkpoint directory, or a tree of run
-directories (every model.safetensors below it, resume checkpoints/ excluded). argparse, not
-Hydra: Hydra would take the paths for overrides.
+PATH is a weights file (safetensors or PyTorch, told apart by their bytes), a run directory, a
+checkpoint directory in the Hugging Face layout (model.safetensors, sharded *.safetensors with
+their index, pytorch_model.bin, sharded pytorch_model-*.bin with pytorch_model.bin.index.json,
+model.pt), or a tree of such directories (resume checkpoints/ excluded). argparse, not Hydra:
+Hydra would take the paths for overrides. Every option is checked before any file is read;
+the outputs and their record are wdiv.analysis_outputs'.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from wdiv.io import atomic_write, write_text
+from wdiv.analysis_outputs import (Outcome, Target, esd_key, esd_path, is_up_to_date, outputs_for,  # noqa: F401
+                                   record_failure, stale_reason, summary_dict, write_esd, write_outputs)
+from wdiv.errors import ConfigError
+from wdiv.io import sha256_file
+from wdiv.spectral.weights import checkpoint_files, find_checkpoint
 
 log = logging.getLogger("wdiv.analyze")
 
 WEIGHT_FILE = "model.safetensors"
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-@dataclass
-class Target:
-    """One checkpoint to analyse and where its outputs go."""
-
-    weights: Path
-    csv: Path
-    summary: Path
-    run_dir: Path | None = None
-    base: Path | None = None  # reference checkpoint, when deltas are wanted
-    base_sha: str | None = None
-    error: str | None = None  # set when the target cannot even be attempted
-
-    @property
-    def base_csv(self) -> Path:
-        if "spectra" in self.csv.name:
-            return self.csv.with_name(self.csv.name.replace("spectra", "spectra_base", 1))
-        return self.csv.with_name(f"{self.csv.stem}_base{self.csv.suffix}")
-
-
-@dataclass
-class Outcome:
-    df: object = None  # pandas.DataFrame
-    errors: list[str] = field(default_factory=list)
-    plots: int = 0
-    esd: dict | None = None  # esd key -> eigenvalues, with --save-esd
-
-
-def esd_key(row: dict) -> str:
-    """The esd.npz key of a table row: its longname, plus '#slice<k>' for --per-slice rows."""
-    return row["longname"] if "slice_id" not in row else f"{row['longname']}#slice{int(row['slice_id'])}"
-
-
-def esd_path(csv: Path) -> Path:
-    """esd.npz beside spectra.csv (spectra_base.csv -> esd_base.npz; <stem>.spectra.csv -> <stem>.esd.npz)."""
-    return csv.with_name(csv.name.replace("spectra", "esd", 1).removesuffix(".csv") + ".npz")
+# Files whose folder is a checkpoint directory (wdiv.spectral.weights.find_checkpoint reads them).
+MARKERS = ("model.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+           "model.pt")
 
 
 # ------------------------------------------------------------------ discovery
 
 
-def _outputs_for(weights: Path, out: str | None) -> tuple[Path, Path]:
-    if out:
-        csv = Path(out)
-        return csv, csv.with_name(csv.stem + "_summary.json")
-    folder = weights if weights.is_dir() else weights.parent
-    if weights.is_dir() or weights.name == WEIGHT_FILE:
-        return folder / "spectra.csv", folder / "spectra_summary.json"
-    stem = weights.name.split(".")[0]
-    return folder / f"{stem}.spectra.csv", folder / f"{stem}.spectra_summary.json"
+def _dir_target(d: Path, out: str | None) -> Target:
+    """A checkpoint directory: model.safetensors is the weights when there is one (a run dir),
+    otherwise the directory itself (sharded or PyTorch weights); outputs go beside them."""
+    found = find_checkpoint(d)
+    weights = found if found is not None and found.name == WEIGHT_FILE else d
+    csv, summ = outputs_for(weights, out)
+    return Target(weights, csv, summ, run_dir=d if (d / "run.json").is_file() else None)
 
 
 def discover(paths: list[str], out: str | None = None) -> list[Target]:
@@ -86,32 +58,39 @@ def discover(paths: list[str], out: str | None = None) -> list[Target]:
     for raw in paths:
         p = Path(raw)
         if p.is_file() or (not p.exists() and p.suffix in SUFFIXES):
-            csv, summ = _outputs_for(p, out)
+            csv, summ = outputs_for(p, out)
             run_dir = p.parent if (p.parent / "run.json").is_file() and p.name == WEIGHT_FILE else None
             targets.append(Target(p, csv, summ, run_dir=run_dir))
             continue
         if not p.is_dir():
             targets.append(Target(p, p, p, error=f"{p}: no such file or directory"))
             continue
-        if (p / WEIGHT_FILE).is_file() or list(p.glob("*.safetensors.index.json")):
+        if find_checkpoint(p) is not None:
             found = [p]
         else:
-            found = sorted({f.parent for f in p.rglob(WEIGHT_FILE)} | {f.parent for f in p.rglob("*.safetensors.index.json")})
+            found = sorted({f.parent for marker in MARKERS for f in p.rglob(marker) if f.is_file()})
             found = [d for d in found if "checkpoints" not in d.relative_to(p).parts]
         if not found:
-            targets.append(Target(p, p, p, error=f"{p}: no weights found (no {WEIGHT_FILE} or *.safetensors.index.json below it)"))
+            targets.append(Target(p, p, p, error=f"{p}: no weights found (no {', '.join(MARKERS)} below it)"))
         for d in found:
-            sharded = list(d.glob("*.safetensors.index.json"))
-            weights = d if sharded and not (d / WEIGHT_FILE).is_file() else d / WEIGHT_FILE
-            csv, summ = _outputs_for(weights, out if len(paths) == 1 and len(found) == 1 else None)
-            targets.append(Target(weights, csv, summ, run_dir=d if (d / "run.json").is_file() else None))
+            targets.append(_dir_target(d, out if len(paths) == 1 and len(found) == 1 else None))
     return targets
+
+
+def checkpoint_sha256(ref: Path) -> str:
+    """sha256 of a reference: wdiv.io's for a file or safetensors shards (as run.json records it),
+    else of the PyTorch files the directory holds, in order."""
+    files = checkpoint_files(ref)
+    if ref.is_file() or any(f.name.endswith(".safetensors") for f in files):
+        return sha256_file(ref)
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(bytes.fromhex(sha256_file(f)))
+    return digest.hexdigest()
 
 
 def attach_bases(targets: list[Target], base: str) -> None:
     """--base: an explicit reference for every target, or 'auto' = run.json's pretrained.path."""
-    from wdiv.spectral.weights import file_sha256
-
     shas: dict[Path, str] = {}
     for t in targets:
         if t.error:
@@ -139,7 +118,7 @@ def attach_bases(targets: list[Target], base: str) -> None:
             continue
         if sha is None:
             if ref not in shas:
-                shas[ref] = file_sha256(ref)
+                shas[ref] = checkpoint_sha256(ref)
             sha = shas[ref]
         t.base, t.base_sha = ref, sha
 
@@ -209,77 +188,17 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
     return outcome
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item"):
-        return _jsonable(v.item())
-    return v
-
-
-def summary_dict(df, meta: dict) -> dict:
-    """WeightWatcher get_summary-style means (failed fits excluded) + what produced them."""
-    from wdiv.spectral import metrics
-
-    means = metrics.summarize(df)
-    out = {k: _jsonable(v) for k, v in dict(means).items()}
-    out["wdiv"] = meta
-    return out
-
-
-def _meta(t: Target, opts, df, save_esd: bool = False) -> dict:
-    status = df["status"] if "status" in df else None
-    return {"weights": str(t.weights), "options": opts.fingerprint(), "base": str(t.base) if t.base else None,
-            "base_sha256": t.base_sha, "n_layers": int(len(df)),
-            "n_failed": int((status == "failed").sum()) if status is not None else 0,
-            "esd_saved": bool(save_esd), "weights_hashed": "weights_sha256" in df}
-
-
-def is_up_to_date(t: Target, opts, save_esd: bool = False) -> bool:
-    """Outputs exist, are newer than the weights, and were made with the same options (and with
-    esd.npz / the layer hashes when this run asks for them)."""
-    if not (t.csv.is_file() and t.summary.is_file()):
-        return False
-    if t.base is not None and not t.base_csv.is_file():
-        return False
-    if save_esd and not (esd_path(t.csv).is_file() and (t.base is None or esd_path(t.base_csv).is_file())):
-        return False
-    try:
-        meta = json.loads(t.summary.read_text()).get("wdiv", {})
-    except (OSError, ValueError):
-        return False
-    newest = max(p.stat().st_mtime for p in ([t.weights] if t.weights.is_file() else t.weights.glob("*.safetensors*")))
-    if t.base is not None and not meta.get("weights_hashed"):
-        return False
-    return (meta.get("options") == json.loads(json.dumps(opts.fingerprint())) and meta.get("base_sha256") == t.base_sha
-            and t.csv.stat().st_mtime >= newest)
-
-
-def write_esd(path: Path, esd: dict) -> None:
-    """One compressed array of float64 eigenvalues per row (keys: esd_key), written atomically."""
-    def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **esd)
-
-    atomic_write(path, save)
-
-
-def write_outputs(t: Target, opts, df, base_df=None, esd: dict | None = None, base_esd: dict | None = None) -> None:
-    """spectra_base.csv / esd files first, spectra.csv next, the summary (the record) last."""
-    from wdiv.spectral.api import add_deltas
-
-    if base_df is not None:
-        write_text(t.base_csv, base_df.to_csv(index=False))
-        if base_esd is not None:
-            write_esd(esd_path(t.base_csv), base_esd)
-        df = add_deltas(df, base_df)
-    if esd is not None:
-        write_esd(esd_path(t.csv), esd)
-    write_text(t.csv, df.to_csv(index=False))
-    write_text(t.summary, json.dumps(summary_dict(df, _meta(t, opts, df, esd is not None)), indent=2, default=str) + "\n")
+# ------------------------------------------------------------------ CLI
 
 
 # ------------------------------------------------------------------ CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (exit 2), as every other option error of this command."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (python -m wdiv.analyze --help)\n")
 
 
 def _int_or_float(text: str):
@@ -292,8 +211,8 @@ def _int_or_float(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wdiv.analyze", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="+", metavar="PATH", help="weights file, run dir, or tree of run dirs")
+    p = _Parser(prog="python -m wdiv.analyze", description=__doc__.split("\n")[0])
+    p.add_argument("paths", nargs="+", metavar="PATH", help="weights file, checkpoint or run dir, or a tree of them")
     g = p.add_argument_group("metrics")
     g.add_argument("--fit", choices=["ks", "hill", "powerlaw"], default="ks", help="power-law estimator (default ks)")
     g.add_argument("--xmax", type=_int_or_float, default=None,
@@ -304,17 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--randomize", action="store_true", help="also analyse element-permuted W")
     g.add_argument("--seed", type=int, default=0, help="seed of --randomize / --farms (default 0)")
     g.add_argument("--farms", action="store_true", help="alpha_farms: fixed-aspect-ratio submatrix ESD")
-    g.add_argument("--farms-window", type=int, default=None, help="FARMS submatrix rows")
-    g.add_argument("--farms-windows-per-dim", type=int, default=None, help="FARMS windows per dimension")
-    g.add_argument("--farms-aspect-ratio", type=float, default=None, help="FARMS submatrix aspect ratio")
+    g.add_argument("--farms-window", type=int, default=None, help="FARMS submatrix rows (>= 1)")
+    g.add_argument("--farms-windows-per-dim", type=int, default=None, help="FARMS windows per dimension (>= 1)")
+    g.add_argument("--farms-aspect-ratio", type=float, default=None, help="FARMS submatrix aspect ratio (>= 1)")
     s = p.add_argument_group("layers")
     s.add_argument("--pool", dest="pool", action="store_true", default=True, help="one ESD per conv layer (default)")
     s.add_argument("--per-slice", dest="pool", action="store_false", help="one row per conv kernel slice")
     s.add_argument("--include", default=None, help="regex: analyse only matching layer longnames")
     s.add_argument("--exclude", default=None, help="regex: skip matching layer longnames")
-    s.add_argument("--min-evals", type=int, default=10)
-    s.add_argument("--max-evals", type=int, default=15000)
-    s.add_argument("--max-N", dest="max_N", type=int, default=50000)
+    s.add_argument("--min-evals", type=int, default=10, help="(>= 0; 0: no lower filter)")
+    s.add_argument("--max-evals", type=int, default=15000, help="(>= 1 and >= --min-evals)")
+    s.add_argument("--max-N", dest="max_N", type=int, default=50000, help="(>= 1)")
     o = p.add_argument_group("outputs")
     o.add_argument("--base", nargs="?", const="auto", default=None,
                    help="reference checkpoint for delta_<metric> columns; without a value: run.json pretrained.path")
@@ -323,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--save-esd", action="store_true",
                    help="esd.npz beside spectra.csv (esd_base.npz with --base): the fitted eigenvalues of every row")
     o.add_argument("--force", action="store_true", help="redo outputs that are up to date")
-    o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel")
-    o.add_argument("--device", default="cpu", help="cpu or cuda")
+    o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel (>= 1)")
+    o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
     o.add_argument("-q", "--quiet", action="store_true")
     return p
 
@@ -340,6 +259,67 @@ def options_from_args(args):
         max_evals=args.max_evals, max_N=args.max_N, device=args.device)
 
 
+# AnalyzeOptions' field names (its ConfigErrors start with one) -> the flag the user typed
+FLAGS = {"fit": "--fit", "xmax": "--xmax", "fix_fingers": "--fix-fingers", "include": "--include",
+         "exclude": "--exclude", "min_evals": "--min-evals", "max_evals": "--max-evals", "max_N": "--max-N",
+         "device": "--device", "farms_window": "--farms-window", "farms_windows_per_dim": "--farms-windows-per-dim",
+         "farms_aspect_ratio": "--farms-aspect-ratio"}
+
+
+def check_args(args):
+    """Every option checked before any file is read or written -> AnalyzeOptions; ConfigError
+    ('--flag: why') for the first bad one."""
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    if args.out is not None:
+        if len(args.paths) > 1:
+            raise ConfigError(f"--out: needs a single checkpoint, got {len(args.paths)} paths")
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out: {args.out} is a directory (give the csv's path)")
+    farms = [flag for flag, v in (("--farms-window", args.farms_window), ("--farms-windows-per-dim",
+             args.farms_windows_per_dim), ("--farms-aspect-ratio", args.farms_aspect_ratio)) if v is not None]
+    if farms and not args.farms:
+        raise ConfigError(f"{farms[0]}: needs --farms")
+    if args.base not in (None, "auto"):
+        ref = Path(args.base)
+        if not ref.exists() or (ref.is_dir() and find_checkpoint(ref) is None):
+            raise ConfigError(f"--base: {ref}: no such checkpoint")
+    try:
+        opts = options_from_args(args)
+    except ConfigError as exc:
+        key, _, why = str(exc).partition(": ")
+        raise ConfigError(f"{FLAGS.get(key, key)}: {why}") from None
+    if opts.device != "cpu":
+        import torch
+
+        index = int(opts.device.partition(":")[2] or 0)
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device: {opts.device} asked for, but CUDA is not available here")
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device: {opts.device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    return opts
+
+
+# ------------------------------------------------------------------ signals
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; raised where the main thread is, caught by main()."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def _worker_init() -> None:
+    """A --jobs worker leaves Ctrl-C to the parent (which ends the workers), so it prints nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool, save_esd: bool = False,
              hash_weights: bool = False) -> dict:
     """weights path -> Outcome, each distinct path analysed once (in parallel with jobs > 1)."""
@@ -352,33 +332,43 @@ def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool, sa
                                               save_esd=save_esd, hash_weights=hash_weights)
         return results
     # spawn, not fork: a forked child can hang on the parent's OpenMP/BLAS thread state
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+    try:
         futs = {key: pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights)
                 for key, path in jobs_in.items()}
         for key in tqdm(futs, desc="checkpoints", unit="ckpt", disable=not progress):
             results[key] = futs[key].result()
+    except BaseException:  # interrupted: end the workers now rather than wait for them
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
-    try:
-        opts = options_from_args(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def _analyse_targets(args, opts) -> int:
     targets = discover(args.paths, args.out)
     if args.out and len(targets) > 1:
-        print("error: --out needs a single checkpoint", file=sys.stderr)
+        print(f"error: --out: needs a single checkpoint, {args.paths[0]} holds {len(targets)}", file=sys.stderr)
         return 2
     if args.base:
         attach_bases(targets, args.base)
     errors = [t.error for t in targets if t.error]
-    todo = [t for t in targets if not t.error and (args.force or not is_up_to_date(t, opts, args.save_esd))]
+    todo = []
     for t in targets:
-        if not t.error and t not in todo:
+        if t.error:
+            continue
+        stale = None if args.force else stale_reason(t, opts, args.save_esd)
+        if not args.force and stale is None:
             log.info("%s: up to date, skipped (--force to redo)", t.csv)
+            continue
+        if stale is not None and stale.warn:  # names the file and why: "<file>: truncated (...): redone"
+            log.warning("%s: redone", stale.reason)
+        elif stale is not None:
+            log.info("%s: redone (%s)", t.csv, stale.reason)
+        todo.append(t)
     work = {str(t.weights): t.weights for t in todo}
     plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if args.plot else {}
     bases = {t.base_sha: t.base for t in todo if t.base is not None}
@@ -390,13 +380,17 @@ def main(argv: list[str] | None = None) -> int:
         res = results[str(t.weights)]
         errors.extend(res.errors)
         base_res = results.get(f"base:{t.base_sha}") if t.base is not None else None
+        mine = list(res.errors) + [f"(reference) {e}" for e in (base_res.errors if base_res is not None else [])]
         if base_res is not None and base_res.df is None:
-            errors.append(f"{t.weights}: reference {t.base} could not be analysed, outputs not written")
+            line = f"{t.weights}: reference {t.base} could not be analysed, outputs not written"
+            errors.append(line)
+            record_failure(t, mine + [line])
             continue
         if res.df is None:
+            record_failure(t, mine)  # a good earlier record now says the last try failed: retried next time
             continue
         write_outputs(t, opts, res.df, base_res.df if base_res is not None else None, res.esd,
-                      base_res.esd if base_res is not None else None)
+                      base_res.esd if base_res is not None else None, errors=mine)
         written += 1
     for sha, path in bases.items():
         errors.extend(f"(reference) {e}" for e in results[f"base:{sha}"].errors)
@@ -406,6 +400,33 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print(f"wdiv.analyze: {written} written, {skipped} up to date, {len(set(errors))} error(s)", file=sys.stderr)
     return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 done, 1 some checkpoint failed (named on stderr), 2 bad options (one line, nothing
+    read or written), 130 / 143 interrupted by SIGINT / SIGTERM (no traceback, no half file)."""
+    in_main = threading.current_thread() is threading.main_thread()
+    stops = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, _raise_interrupted) for s in stops} if in_main else {}
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING, format="%(levelname)s %(message)s")
+        try:
+            opts = check_args(args)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _analyse_targets(args, opts)
+    except KeyboardInterrupt as exc:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C while we say goodbye: no traceback
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"wdiv.analyze: interrupted by {signal.Signals(signum).name}; every file written is complete, "
+              "the same command goes on from there", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

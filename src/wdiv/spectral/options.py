@@ -7,10 +7,16 @@ bulk edge, spikes and soft rank are part of the reported metric set).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import re
 from dataclasses import dataclass, field
+
+from wdiv.errors import ConfigError
 
 FITS = ("ks", "hill", "powerlaw")
 FIX_FINGERS = (None, "clip_xmax")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,15 @@ class FarmsOptions:
     window: int | None = None  # submatrix rows; None = the numerics' default (paper's)
     windows_per_dim: int | None = None
     aspect_ratio: float | None = None
+
+    def __post_init__(self):
+        for name in ("window", "windows_per_dim"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
+                raise ConfigError(f"farms_{name}: must be an integer >= 1, got {v!r}")
+        r = self.aspect_ratio
+        if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 1):
+            raise ConfigError(f"farms_aspect_ratio: must be a finite number >= 1 (rows/cols of a window), got {r!r}")
 
     def kwargs(self) -> dict:
         names = {"window": "window", "windows_per_dim": "windows_per_dim", "aspect_ratio": "aspect_ratio"}
@@ -46,12 +61,32 @@ class AnalyzeOptions:
     batch_bytes: int = 64 << 20  # per batch of same-shape layers: float64 Gram or float32 tensor bytes
 
     def __post_init__(self):
+        """Every value checked here, before any file is read; ConfigError('<field>: why')."""
+        for name in ("include", "exclude"):
+            pattern = getattr(self, name)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except (re.error, TypeError) as exc:
+                    raise ConfigError(f"{name}: not a valid regular expression ({exc}): {pattern!r}") from None
+        for name, low in (("min_evals", 0), ("max_evals", 1), ("max_N", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ConfigError(f"{name}: must be an integer >= {low}, got {v!r}")
+        if self.max_evals < self.min_evals:
+            raise ConfigError(f"max_evals: {self.max_evals} is below min_evals {self.min_evals}")
+        if isinstance(self.xmax, float) and not (math.isfinite(self.xmax) and self.xmax > 0):
+            raise ConfigError(f"xmax: a float cut must be a finite eigenvalue > 0, got {self.xmax!r}")
+        if isinstance(self.xmax, str) and self.xmax != "force":
+            raise ConfigError(f"xmax: must be an integer, a float or 'force', got {self.xmax!r}")
+        if not isinstance(self.device, str) or not DEVICE.fullmatch(self.device):
+            raise ConfigError(f"device: must be cpu, cuda or cuda:K, got {self.device!r}")
         if self.fit not in FITS:
-            raise ValueError(f"fit must be one of {FITS}, got {self.fit!r}")
+            raise ConfigError(f"fit: must be one of {FITS}, got {self.fit!r}")
         if self.fix_fingers not in FIX_FINGERS:
-            raise ValueError(f"fix_fingers must be one of {FIX_FINGERS}, got {self.fix_fingers!r}")
+            raise ConfigError(f"fix_fingers: must be one of {FIX_FINGERS}, got {self.fix_fingers!r}")
         if self.fix_fingers == "clip_xmax" and self.fit != "ks":
-            raise ValueError("fix_fingers='clip_xmax' needs fit='ks'")
+            raise ConfigError("fix_fingers: 'clip_xmax' needs fit 'ks'")
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> "AnalyzeOptions":

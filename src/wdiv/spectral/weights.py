@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
@@ -39,7 +40,6 @@ from wdiv.io import sha256_file
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIX = ".weight"
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 class WeightsError(RuntimeError):
@@ -141,6 +141,57 @@ def natural_key(key: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
 
 
+NOT_WEIGHTS = "not a safetensors or PyTorch file: {}"
+# What a checkpoint directory may hold, in order of preference (Hugging Face's names; model.pt).
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")
+INDEX_GLOBS = ("*.safetensors.index.json", "pytorch_model.bin.index.json")
+INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """The weights a checkpoint directory holds, or None: model.safetensors, a sharded
+    *.safetensors.index.json, a sharded pytorch_model.bin.index.json, pytorch_model.bin, model.pt."""
+    folder = Path(folder)
+    if (folder / SINGLE_FILES[0]).is_file():
+        return folder / SINGLE_FILES[0]
+    for pattern in INDEX_GLOBS:
+        found = sorted(p for p in folder.glob(pattern) if p.is_file())
+        if found:
+            return found[0]
+    for name in SINGLE_FILES[1:]:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def checkpoint_files(weights) -> list[Path]:
+    """The files open_weights(weights) reads (an index and its shards, or the one file), no data read."""
+    path = Path(weights)
+    if path.is_dir():
+        found = find_checkpoint(path)
+        return checkpoint_files(found) if found is not None else []
+    if not path.name.endswith(INDEX_SUFFIXES):
+        return [path] if path.is_file() else []
+    try:
+        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+    except Exception:
+        shards = []
+    return [path, *(path.parent / s for s in shards if (path.parent / s).is_file())]
+
+
+def sniff_format(path: Path) -> str | None:
+    """'safetensors' | 'torch' | None from a file's first bytes (its name is not trusted)."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # u64 header length, then the JSON header
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive (checked for data.pkl below)
+        return "torch"
+    if head[:1] == b"\x80":  # a pickle: torch's legacy format
+        return "torch"
+    return None
+
+
 def open_weights(weights) -> WeightSource:
     """Path (file or checkpoint dir), state dict or nn.Module -> WeightSource."""
     if isinstance(weights, torch.nn.Module):
@@ -149,24 +200,23 @@ def open_weights(weights) -> WeightSource:
         return _dict_source(dict(weights), "<state dict>")
     path = Path(weights)
     if path.is_dir():
-        index = sorted(path.glob("*.safetensors.index.json"))
-        if index:
-            return _sharded_source(index[0])
-        single = path / "model.safetensors"
-        if single.is_file():
-            return _safetensors_source(single)
-        raise WeightsError(f"{path}: no weights found (expected model.safetensors or a *.safetensors.index.json)")
+        found = find_checkpoint(path)
+        if found is None:
+            raise WeightsError(f"{path}: no weights found (expected model.safetensors, a *.safetensors.index.json, "
+                               "pytorch_model.bin(.index.json) or model.pt)")
+        return open_weights(found)
     if not path.exists():
         raise WeightsError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: empty file")
-    if path.name.endswith(".safetensors.index.json"):
+    if path.name.endswith(INDEX_SUFFIXES):
         return _sharded_source(path)
-    if path.suffix == ".safetensors":
+    kind = sniff_format(path)
+    if kind == "safetensors":
         return _safetensors_source(path)
-    if path.suffix in TORCH_SUFFIXES:
+    if kind == "torch":
         return _torch_source(path)
-    raise WeightsError(f"{path}: unknown weights format (expected .safetensors, .pt, .pth, .bin, .ckpt)")
+    raise WeightsError(NOT_WEIGHTS.format(path))
 
 
 _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -231,38 +281,74 @@ def _safetensors_source(path: Path) -> WeightSource:
 
 
 def _sharded_source(index_path: Path) -> WeightSource:
+    """A sharded checkpoint: an index ({"weight_map": {key: shard file}}) of safetensors or torch shards."""
     try:
         weight_map = json.loads(index_path.read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError("empty weight_map")
     except Exception as exc:
-        raise WeightsError(f"{index_path}: not a valid safetensors index ({exc})") from exc
-    files: dict[str, SafetensorsFile] = {}
+        raise WeightsError(f"{index_path}: not a valid checkpoint index ({type(exc).__name__}: {exc})") from exc
     shapes: dict = {}
     floats: dict = {}
     key_file: dict = {}
+    st_files: dict[str, SafetensorsFile] = {}
+    torch_shards: dict[str, Path] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = index_path.parent / shard
         if not shard_path.is_file():
             raise WeightsError(f"{shard_path}: shard listed in {index_path.name} is missing")
-        files[shard] = st = SafetensorsFile(shard_path)
+        if shard_path.stat().st_size == 0:
+            raise WeightsError(f"{shard_path}: empty file")
+        kind = sniff_format(shard_path)
+        if kind == "safetensors":
+            st_files[shard] = st = SafetensorsFile(shard_path)
+            entries, is_float = st.shapes(), st.floats()
+        elif kind == "torch":
+            torch_shards[shard] = shard_path
+            state = _torch_state(shard_path)  # read once for shapes, dropped, loaded again when asked
+            entries = {k: tuple(v.shape) for k, v in state.items()}
+            is_float = {k: v.is_floating_point() for k, v in state.items()}
+            del state
+        else:
+            raise WeightsError(NOT_WEIGHTS.format(shard_path))
         keys = [k for k, f in weight_map.items() if f == shard]
-        missing = [k for k in keys if k not in st.entries]
+        missing = [k for k in keys if k not in entries]
         if missing:
             raise WeightsError(f"{shard_path}: lacks {missing[0]!r} listed in {index_path.name}")
-        shapes.update({k: st.entries[k][1] for k in keys})
-        floats.update({k: st.floats()[k] for k in keys})
+        shapes.update({k: entries[k] for k in keys})
+        floats.update({k: is_float[k] for k in keys})
         key_file.update({k: shard for k in keys})
-    return WeightSource(str(index_path.parent), shapes, floats, lambda k: files[key_file[k]].get_tensor(k))
+    held: dict[str, dict] = {}  # the one torch shard loaded now
+
+    def get(key: str) -> torch.Tensor:
+        shard = key_file[key]
+        if shard in st_files:
+            return st_files[shard].get_tensor(key)
+        if shard not in held:
+            held.clear()
+            held[shard] = _torch_state(torch_shards[shard])
+        return held[shard][key]
+
+    return WeightSource(str(index_path.parent), shapes, floats, get, close=held.clear)
 
 
-def _torch_source(path: Path) -> WeightSource:
-    obj = None
+def _torch_load(path: Path):
+    """torch.load(weights_only=True): tensors and plain containers only, never code."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                is_torch = any(n.endswith("data.pkl") for n in zf.namelist())
+        except (zipfile.BadZipFile, OSError):
+            is_torch = True  # a damaged archive: let torch name the damage
+        if not is_torch:
+            raise WeightsError(NOT_WEIGHTS.format(path))
     try:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:
             if "mmap" not in str(exc).lower() and "zip" not in str(exc).lower():
                 raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" not in str(exc).lower():
             raise WeightsError(f"{path}: cannot read weights (not a torch checkpoint)") from exc
@@ -270,10 +356,17 @@ def _torch_source(path: Path) -> WeightSource:
                            "(only tensors/state dicts are read, torch.load(weights_only=True))") from exc
     except Exception as exc:
         raise WeightsError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
-    state = _find_state_dict(obj)
+
+
+def _torch_state(path: Path) -> dict:
+    state = _find_state_dict(_torch_load(path))
     if state is None:
         raise WeightsError(f"{path}: no state dict of tensors found in this file")
-    return _dict_source(state, str(path))
+    return state
+
+
+def _torch_source(path: Path) -> WeightSource:
+    return _dict_source(_torch_state(path), str(path))
 
 
 def _find_state_dict(obj) -> dict | None:
