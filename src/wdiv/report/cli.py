@@ -1,10 +1,13 @@
 """python -m wdiv.report RUNS_DIR [--out DIR]: analysed runs -> tables, statistics, figures.
 
 Writes into RUNS_DIR/report (or --out): runs.csv, layers.csv, categories.csv, anova.csv,
-pairwise.csv, level_trend.csv, correlations.csv, accuracy.csv, headlines.csv, skipped.csv,
-excluded_layers.csv, summary.md, summary.json, categories.tex, accuracy.tex, figures/ and, with
---across, across_<dims>_*.csv. Every file is written to a temporary name and moved into place, so
-an interrupted report never leaves half a table.
+pairwise.csv, level_trend.csv, correlations.csv, accuracy.csv, headlines.csv, changes.csv,
+missing_baselines.csv, skipped.csv, excluded_layers.csv, summary.md, summary.json,
+categories.tex, accuracy.tex, figures/ and, with --across, across_<dims>_*.csv. A study whose
+runs have no matching baseline gets the dM tables only (changes.csv) and the list of missing
+baselines. Every option is checked before any file is read (one line on stderr, exit 2); the
+report is written into a staging folder and swapped in whole, so a failure leaves the previous
+report as it was.
 """
 
 from __future__ import annotations
@@ -12,176 +15,52 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
-import numpy as np
-import pandas as pd
-
-from wdiv.io import atomic_write, write_json, write_text
-from wdiv.report import render
-from wdiv.report.across import across_markdown
-from wdiv.report.cells import BASELINE, cell_slug
+from wdiv.report.changes import build_changes, missing_lines, orphans_skipped
 from wdiv.report.collect import collect
-from wdiv.report.tables import NoRuns, Report, build
+from wdiv.report.deltas import OPTIONAL_METRICS, SPECTRAL_METRICS
+from wdiv.report.tables import NoBaselines, NoRuns, build
+from wdiv.report.writing import esd_figure, write_atomically, write_changes_report, write_no_report, write_report
+
+__all__ = ["esd_figure", "main", "parse_args"]
 
 log = logging.getLogger(__name__)
 
 ACROSS_DIMS = ("data", "model")
 FIGURE_FORMATS = ("png", "pdf", "svg")
+KNOWN_METRICS = (*SPECTRAL_METRICS, *OPTIONAL_METRICS)
+REPORT_MARKS = ("summary.md", "skipped.csv")  # a folder holding one of them is a report --out may replace
 
 
-def write_csv(path: Path, table: pd.DataFrame) -> None:
-    atomic_write(path, lambda p: table.to_csv(p, index=False))
+class OptionError(ValueError):
+    """A bad command line: one line for stderr, exit code 2."""
 
 
-# ----------------------------------------------------------------------------- figures
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line too, not usage + error
+        raise OptionError(message)
 
 
-def load_esd(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as found:
-        return {k: found[k] for k in found.files}
-
-
-def choose_esd_run(runs: pd.DataFrame) -> str:
-    """The strongest weight-decay run (lowest seed) of the first cell if any, else its first non-baseline run."""
-    runs = runs[runs["cell"] == runs["cell"].iloc[0]]
-    wd = runs[runs["arm"] == "weight_decay"].assign(_lvl=lambda d: pd.to_numeric(d["level"], errors="coerce"))
-    if not wd.empty:
-        return wd.sort_values(["_lvl", "seed"], ascending=[False, True])["run_id"].iloc[0]
-    others = runs[runs["arm"] != BASELINE]
-    return (others if not others.empty else runs)["run_id"].iloc[0]
-
-
-def choose_esd_layer(layers: pd.DataFrame, run_id: str) -> str:
-    """The largest kept layer of the run (most eigenvalues: the clearest histogram)."""
-    sub = layers[layers["run_id"] == run_id]
-    size = sub["M"] * sub.get("rf", 1) if "M" in sub.columns else pd.Series(range(len(sub)), index=sub.index)
-    return sub.loc[size.idxmax(), "longname"]
-
-
-def esd_figure(report: Report, run_id: str | None, longname: str | None):
-    """Pretrained vs fine-tuned (vs its baseline) ESD of one layer, from the eigenvalues that
-    `wdiv.analyze --save-esd` wrote (esd.npz, esd_base.npz); None with a logged reason otherwise."""
-    from wdiv.report import figures  # matplotlib only when figures are asked for
-
-    run_id = run_id or choose_esd_run(report.runs)
-    if run_id not in set(report.runs["run_id"]):
-        log.warning("ESD overlay skipped: run %s is not among the used runs", run_id)
-        return None
-    longname = longname or choose_esd_layer(report.layers, run_id)
-    base = report.runs.set_index("run_id").at[run_id, "baseline_run_id"]
-    run_dir = report.run_dirs[run_id]
-    sources = {"pretrained": (run_dir / "esd_base.npz", longname), f"fine-tuned ({run_id})": (run_dir / "esd.npz", longname)}
-    if base != run_id:
-        sources[f"baseline ({base})"] = (report.run_dirs[base] / "esd.npz", longname)
-    missing = [str(path) for path, _ in sources.values() if not path.is_file()]
-    if missing:
-        log.warning("ESD overlay skipped: no saved eigenvalues (run `wdiv.analyze RUNS_DIR --base --save-esd`): %s",
-                    ", ".join(missing))
-        return None
-    esds = {}
-    for name, (path, layer) in sources.items():
-        found = load_esd(path)
-        if layer not in found:
-            log.warning("ESD overlay skipped: layer %s not in %s", layer, path)
-            return None
-        esds[name] = found[layer]
-    return figures.esd_overlay(esds, title=f"ESD of {longname}")
-
-
-def cell_figures(report: Report, cell: str, metrics: list[str]) -> dict:
-    from wdiv.report import figures
-
-    layers = report.layers[report.layers["cell"] == cell]
-    cats = report.categories[report.categories["cell"] == cell]
-    runs = report.runs[report.runs["cell"] == cell]
-    out = {}
-    for m in metrics:
-        out[f"per_layer_D_{m}"] = figures.per_layer_d(layers, m)
-        out[f"level_D_{m}"] = figures.metric_vs_level(cats, m, "D")
-    if "log_norm" in report.metrics:
-        out["level_dM_log_norm"] = figures.metric_vs_level(cats, "log_norm", "dM")
-    wvs = "diversity_weighted_vs"
-    if wvs in runs.columns and runs[wvs].notna().any():
-        out["accuracy_vs_weighted_vs"] = figures.accuracy_vs_diversity(runs, wvs)
-    else:
-        log.info("accuracy-vs-diversity figure skipped for %s: no run measured diversity", cell)
-    for fig in out.values():
-        if fig._suptitle is not None:
-            fig.suptitle(f"{fig._suptitle.get_text()}\n{cell}", fontsize="medium")
-    return out
-
-
-def write_figures(report: Report, fig_dir: Path, formats: list[str], esd_run=None, esd_layer=None,
-                  metrics: list[str] | None = None) -> list[Path]:
-    """Per-cell figures (one folder per cell when there are several), plus the ESD overlay."""
-    metrics = [m for m in report.metrics if metrics is None or m in metrics]
-    cells = list(dict.fromkeys(report.runs["cell"]))
-    figures_by_dir: dict[Path, dict] = {}
-    for cell in cells:
-        folder = fig_dir if len(cells) == 1 else fig_dir / cell_slug(cell)
-        figures_by_dir[folder] = cell_figures(report, cell, metrics)
-    esd = esd_figure(report, esd_run, esd_layer)
-    if esd is not None:
-        figures_by_dir.setdefault(fig_dir, {})["esd_overlay"] = esd
-    written = []
-    for folder, figs in figures_by_dir.items():
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, fig in figs.items():
-            for fmt in formats:
-                path = folder / f"{name}.{fmt}"
-                atomic_write(path, lambda p, fig=fig, fmt=fmt: fig.savefig(p, format=fmt, dpi=120))
-                written.append(path)
-                fig.set_layout_engine("none")  # keep the solved layout: later formats skip re-solving it
-    return written
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def long_layers(wide: pd.DataFrame) -> pd.DataFrame:
-    """One row per (layer, category, metric) with mean_D: the across table in categories.csv's shape."""
-    d_cols = [c for c in wide.columns if c.startswith("D_")]
-    ids = [c for c in wide.columns if c not in d_cols]
-    out = wide.melt(id_vars=ids, value_vars=d_cols, var_name="metric", value_name="mean_D")
-    out["metric"] = out["metric"].str.removeprefix("D_")
-    return out
-
-
-def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[str] | None, esd_run=None, esd_layer=None,
-                 figure_metrics: list[str] | None = None) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tables = {
-        "runs.csv": report.runs, "layers.csv": report.layers, "categories.csv": report.categories,
-        "anova.csv": report.anova, "pairwise.csv": report.pairwise, "level_trend.csv": report.trend,
-        "correlations.csv": report.correlations, "accuracy.csv": report.accuracy, "headlines.csv": report.headlines,
-        "skipped.csv": report.skipped, "excluded_layers.csv": report.excluded_layers,
-    }
-    across_text = {}
-    for dims, result in report.across.items():
-        tag = dims.replace(",", "_")
-        tables[f"across_{tag}_layers.csv"] = long_layers(result.layers)
-        tables[f"across_{tag}_tests.csv"] = result.tests
-        tables[f"across_{tag}_pairwise.csv"] = result.pairwise
-        tables[f"across_{tag}_model.csv"] = result.model_tests
-        across_text[dims] = across_markdown(result, [m for m in render.KEY_METRICS if m in report.metrics], render.markdown_table)
-    for name, table in tables.items():
-        write_csv(out_dir / name, table)
-    for name, text in render.latex_tables(report).items():
-        write_text(out_dir / name, text)
-    if formats:
-        write_figures(report, out_dir / "figures", formats, esd_run, esd_layer, figure_metrics)
-    write_json(out_dir / "summary.json", render.summary_json(report, runs_dir))
-    write_text(out_dir / "summary.md", render.summary_markdown(report, runs_dir, across_text))
-
-
-# ----------------------------------------------------------------------------- CLI
+@dataclass
+class Options:
+    runs_dir: Path
+    out_dir: Path
+    formats: list[str]
+    figure_metrics: list[str] | None
+    esd_run: str | None
+    esd_layer: str | None
+    keep_unchanged: bool
+    across: list[tuple[str, ...]]
+    verbose: bool
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m wdiv.report", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m wdiv.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs_dir", type=Path, help="directory holding analysed run directories (searched recursively)")
-    parser.add_argument("--out", type=Path, help="output folder (default RUNS_DIR/report)")
+    parser.add_argument("--out", type=Path, help="output folder (default RUNS_DIR/report); an existing one must be a "
+                                                 "report (it is replaced whole) or empty")
     parser.add_argument("--formats", default="png,pdf", help=f"figure formats ({','.join(FIGURE_FORMATS)}), comma-separated; '' for none")
     parser.add_argument("--no-figures", action="store_true", help="tables and summary only")
     parser.add_argument("--figure-metrics", help="comma-separated metrics to draw per-metric figures for (default: all)")
@@ -195,44 +74,102 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _items(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",")]
+
+
+def _check_out(out_dir: Path, runs_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OptionError(f"--out {out_dir} is a file, not a folder")
+    out_res, runs_res = out_dir.resolve(), runs_dir.resolve()
+    if runs_res == out_res or runs_res.is_relative_to(out_res):
+        raise OptionError(f"--out {out_dir} holds RUNS_DIR {runs_dir}: the report needs a folder of its own")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not any((out_dir / m).is_file() for m in REPORT_MARKS):
+        raise OptionError(f"--out {out_dir} is a folder with other files and no report in it (no "
+                          f"{' or '.join(REPORT_MARKS)}): it would be replaced; give a new or report folder")
+    if (out_dir / "run.json").exists():
+        raise OptionError(f"--out {out_dir} is a run directory")
+
+
+def check_options(args: argparse.Namespace) -> Options:
+    """Every option, checked before any file is read; OptionError with one line otherwise."""
+    runs_dir = args.runs_dir
+    if not runs_dir.exists():
+        raise OptionError(f"RUNS_DIR {runs_dir} does not exist (it is not a directory)")
+    if not runs_dir.is_dir():
+        raise OptionError(f"RUNS_DIR {runs_dir} is not a directory")
+    formats = [] if args.no_figures else [f for f in _items(args.formats) if f]
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad:
+        raise OptionError(f"--formats {','.join(bad)}: not one of {','.join(FIGURE_FORMATS)}")
+    formats = list(dict.fromkeys(formats))
+    figure_metrics = None
+    if args.figure_metrics is not None:
+        figure_metrics = _items(args.figure_metrics)
+        unknown = [m for m in figure_metrics if m not in KNOWN_METRICS]
+        if unknown or not figure_metrics:
+            raise OptionError(f"--figure-metrics {','.join(unknown) or repr(args.figure_metrics)}: not among "
+                              f"{','.join(KNOWN_METRICS)}")
+    across = []
+    for item in args.across:
+        dims = tuple(d for d in _items(item) if d)
+        if not dims or any(d not in ACROSS_DIMS for d in dims) or len(set(dims)) < len(dims):
+            raise OptionError(f"--across {item}: give data, model or data,model")
+        across.append(dims)
+    esd_run = args.esd_run
+    if esd_run is not None:
+        parts = PurePosixPath(esd_run).parts
+        if not esd_run.strip() or "\\" in esd_run or esd_run.startswith("/") or ".." in parts:
+            raise OptionError(f"--esd-run {esd_run!r}: give a run_id, the run's folder relative to RUNS_DIR")
+    if args.esd_layer is not None and not args.esd_layer.strip():
+        raise OptionError("--esd-layer: give a layer longname")
+    out_dir = args.out or runs_dir / "report"
+    _check_out(out_dir, runs_dir)
+    return Options(runs_dir, out_dir, formats, figure_metrics, esd_run, args.esd_layer, args.keep_unchanged, across,
+                   args.verbose)
+
+
 def _error(message: str, code: int) -> int:
     print(f"wdiv.report: error: {message}", file=sys.stderr)
     return code
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    runs_dir = args.runs_dir
-    if not runs_dir.is_dir():
-        return _error(f"RUNS_DIR {runs_dir} is not a directory", 2)
-    formats = [] if args.no_figures else [f.strip() for f in args.formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FIGURE_FORMATS]
-    if bad:
-        return _error(f"--formats {','.join(bad)}: not one of {','.join(FIGURE_FORMATS)}", 2)
-    across = []
-    for item in args.across:
-        dims = tuple(d.strip() for d in item.split(",") if d.strip())
-        if not dims or any(d not in ACROSS_DIMS for d in dims):
-            return _error(f"--across {item}: give data, model or data,model", 2)
-        across.append(dims)
-    out_dir = args.out or runs_dir / "report"
+    try:
+        opts = check_options(parse_args(argv))
+    except OptionError as err:
+        return _error(str(err), 2)
+    logging.basicConfig(level=logging.INFO if opts.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    runs_dir, out_dir = opts.runs_dir, opts.out_dir
     inside = out_dir.resolve().is_relative_to(runs_dir.resolve())
     collection = collect(runs_dir, exclude=out_dir.resolve() if inside else None)
+    report, changes = None, None
     try:
-        report = build(collection, keep_unchanged=args.keep_unchanged, across=across)
+        if collection.runs.empty:
+            raise NoRuns("no complete analysed run found")
+        changes = build_changes(collection, keep_unchanged=opts.keep_unchanged)
+        report = build(collection, keep_unchanged=opts.keep_unchanged, across=opts.across)
+    except NoBaselines:
+        pass  # dM tables only
     except NoRuns as why:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(out_dir / "skipped.csv", collection.skipped)
-        write_text(out_dir / "summary.md", render.no_report_markdown(str(why), runs_dir, collection.skipped))
+        write_atomically(out_dir, lambda d: write_no_report(str(why), d, runs_dir, collection.skipped))
         return _error(f"{why} under {runs_dir} (reasons in {out_dir / 'summary.md'})", 1)
-    figure_metrics = [m.strip() for m in args.figure_metrics.split(",")] if args.figure_metrics else None
-    unknown = sorted(set(figure_metrics or []) - set(report.metrics))
-    if unknown:
-        return _error(f"--figure-metrics {','.join(unknown)} not among {','.join(report.metrics)}", 2)
-    write_report(report, out_dir, runs_dir, formats, args.esd_run, args.esd_layer, figure_metrics)
-    print(f"wdiv.report: {len(report.runs)} runs in {report.runs['cell'].nunique()} cell(s), "
-          f"{len(report.skipped)} skipped -> {out_dir}")
-    for h in report.headlines.itertuples(index=False):
-        print(h.statement if len(report.headlines) == 1 else f"{h.cell}: {h.statement}")
+    metrics = report.metrics if report is not None else changes.metrics
+    unknown = sorted(set(opts.figure_metrics or []) - set(metrics))
+    if unknown and opts.formats:
+        return _error(f"--figure-metrics {','.join(unknown)} not among this study's metrics {','.join(metrics)}", 2)
+    if report is not None:
+        write_atomically(out_dir, lambda d: write_report(report, d, runs_dir, opts.formats, opts.esd_run, opts.esd_layer,
+                                                         opts.figure_metrics, changes))
+        print(f"wdiv.report: {len(report.runs)} runs in {report.runs['cell'].nunique()} cell(s), "
+              f"{len(report.skipped)} skipped -> {out_dir}")
+        for h in report.headlines.itertuples(index=False):
+            print(h.statement if len(report.headlines) == 1 else f"{h.cell}: {h.statement}")
+        return 0
+    skipped = orphans_skipped(collection.skipped, changes)
+    write_atomically(out_dir, lambda d: write_changes_report(changes, skipped, d, runs_dir, opts.formats, opts.figure_metrics))
+    print(f"wdiv.report: {len(changes.runs)} runs in {changes.runs['cell'].nunique()} cell(s), none with a matching "
+          f"baseline: dM tables only (changes.csv), no D -> {out_dir}")
+    for line in missing_lines(changes.missing):
+        print(f"missing baseline: {line}")
     return 0

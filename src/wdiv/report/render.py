@@ -14,6 +14,7 @@ import pandas as pd
 
 from wdiv.report import stats
 from wdiv.report.cells import label
+from wdiv.report.changes import Changes, missing_lines
 from wdiv.report.tables import CELL, OUTCOMES, Report
 
 KEY_METRICS = ("log_norm", "log_spectral_norm", "alpha", "alpha_weighted", "stable_rank", "entropy")
@@ -94,7 +95,70 @@ def significant_pairs(pairwise: pd.DataFrame, metrics: list[str]) -> list[str]:
             for r in hits.itertuples(index=False)]
 
 
-def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str] | None = None) -> str:
+D_NEEDS_BASELINES = ("D (dM minus the dM of the baseline of the same cell and seed) needs baseline runs: a run with "
+                     "arm=baseline of the same model, data, recipe and seed, fine-tuned from the same checkpoint.")
+
+
+def changes_lines(changes: Changes, with_d: bool) -> list[str]:
+    """summary.md's dM section (every run, with or without a baseline) and the missing baselines."""
+    key = [m for m in KEY_METRICS if m in changes.metrics]
+    lines = [
+        "## Change against the pretrained reference, every run (dM per category and level; changes.csv)",
+        "",
+        "dM = fine-tuned minus pretrained per layer, layer mean per run, then mean over seeds (95 % Student-t CI). "
+        "Needs no baseline run" + (", so runs without one are in it too (n_with_baseline in changes.csv)." if with_d
+                                   else "."),
+        "",
+        markdown_table(category_display(changes.table, key, "dM")),
+    ]
+    missing = missing_lines(changes.missing)
+    if missing:
+        lines += ["## Missing baselines", "", D_NEEDS_BASELINES + " These are missing (missing_baselines.csv):", ""]
+        lines += [f"- {m}" for m in missing] + [""]
+    return lines
+
+
+def changes_only_markdown(changes: Changes, runs_dir: Path, skipped: pd.DataFrame) -> str:
+    """summary.md of a study whose runs have no matching baseline: dM tables only, and what D needs."""
+    runs = changes.runs
+    counts = runs.groupby(["cell", "category"], sort=False).agg(runs=("run_id", "count"), seeds=("seed", "nunique")).reset_index()
+    lines = [
+        "# wdiv report",
+        "",
+        f"Runs directory: `{runs_dir}`. {len(runs)} complete analysed runs in {runs['cell'].nunique()} cell(s); "
+        f"skipped {len(skipped)} (runs without a baseline among them: they are in the dM tables, not in any D).",
+        "",
+        "## No D tables: no run has a matching baseline",
+        "",
+        D_NEEDS_BASELINES + " Without one only dM is reported below (no D, no category tests, no headline).",
+        "",
+        "## Runs used for dM",
+        "",
+        markdown_table(counts),
+    ]
+    lines += [f"- Note: {note}" for note in changes.notes] + ([""] if changes.notes else [])
+    lines += changes_lines(changes, with_d=False)
+    lines += ["## Skipped runs (not in any D table)", "", markdown_table(skipped)]
+    if not changes.excluded_layers.empty:
+        ex = changes.excluded_layers.groupby(["cell", "longname", "reason"], sort=False).size().reset_index(name="runs")
+        lines += ["## Layers left out of every mean", "", markdown_table(ex)]
+    lines += ["## Files", "", "runs.csv, layers.csv (no D columns), changes.csv, missing_baselines.csv, skipped.csv, "
+              "excluded_layers.csv, summary.json, figures/ (dM against strength).", ""]
+    return "\n".join(lines)
+
+
+def changes_only_json(changes: Changes, runs_dir: Path, skipped: pd.DataFrame) -> dict:
+    return {
+        "runs_dir": str(runs_dir), "n_runs": int(len(changes.runs)), "n_skipped": int(len(skipped)), "d_tables": False,
+        "n_cells": int(changes.runs["cell"].nunique()), "metrics": changes.metrics, "cells": [],
+        "headline": "No D: " + D_NEEDS_BASELINES,
+        "missing_baselines": [{k: _jsonable(v) for k, v in r.items()} for r in changes.missing.to_dict("records")],
+        "notes": changes.notes,
+    }
+
+
+def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str] | None = None,
+                     changes: Changes | None = None) -> str:
     runs = report.runs
     key = [m for m in KEY_METRICS if m in report.metrics]
     counts = runs.groupby(["cell", "category"], sort=False).agg(runs=("run_id", "count"), seeds=("seed", "nunique")).reset_index()
@@ -141,6 +205,8 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
     lines += [""]
     for dims, text in (across_text or {}).items():
         lines += [text, ""]
+    if changes is not None:
+        lines += changes_lines(changes, with_d=True)
     trend = report.trend[report.trend["metric"].isin(key)]
     lines += [
         "## Strength trend: Spearman of strength with layer-mean D, within each cell and category",
@@ -165,7 +231,8 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
             "",
             markdown_table(corr.drop(columns=["model", "data", "recipe"])),
         ]
-    lines += ["## Skipped runs (not in any table or average)", "", markdown_table(report.skipped)]
+    lines += ["## Skipped runs (not in any D table or average; a run without a baseline is in changes.csv)", "",
+              markdown_table(report.skipped)]
     if not report.excluded_layers.empty:
         ex = report.excluded_layers.groupby(["cell", "longname", "reason"], sort=False).size().reset_index(name="runs")
         lines += ["## Layers left out of every mean and test", "", markdown_table(ex)]
@@ -175,6 +242,7 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
         "runs.csv, layers.csv, categories.csv (cell x category x level x metric), anova.csv and pairwise.csv (both "
         "sample schemes, column `samples`), level_trend.csv, correlations.csv, accuracy.csv, skipped.csv, "
         "excluded_layers.csv, summary.json, categories.tex, accuracy.tex, figures/"
+        + (", changes.csv, missing_baselines.csv" if changes is not None else "")
         + (", across_*.csv" if across_text else "") + ".",
         "",
     ]
@@ -191,7 +259,7 @@ def _jsonable(value):
     return value
 
 
-def summary_json(report: Report, runs_dir: Path) -> dict:
+def summary_json(report: Report, runs_dir: Path, changes: Changes | None = None) -> dict:
     """The headline facts, machine-readable (the notebook reads this, never summary.md)."""
     cells = []
     cats = report.categories
@@ -215,7 +283,9 @@ def summary_json(report: Report, runs_dir: Path) -> dict:
         "n_cells": len(cells), "metrics": report.metrics, "cells": cells,
         "headline": cells[0]["headline"] if len(cells) == 1 else [f"{c['cell']}: {c['headline']}" for c in cells],
         "n_excluded_layer_rows": int(len(report.excluded_layers)), "notes": report.notes,
-        "across": sorted(report.across),
+        "across": sorted(report.across), "d_tables": True,
+        "missing_baselines": [] if changes is None else
+        [{k: _jsonable(v) for k, v in r.items()} for r in changes.missing.to_dict("records")],
     }
 
 
@@ -236,4 +306,5 @@ def latex_tables(report: Report) -> dict[str, str]:
 
 
 def no_report_markdown(why: str, runs_dir: Path, skipped: pd.DataFrame) -> str:
+    """summary.md when no run could be used at all: why, and every skipped run with its file and reason."""
     return f"# wdiv report\n\nNo report: {why} under `{runs_dir}`.\n\n## Skipped runs\n\n{markdown_table(skipped)}"

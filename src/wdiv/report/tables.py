@@ -28,10 +28,15 @@ DIVERSITY_COLUMNS = ("diversity_vendi_pixel", "diversity_vendi_embed", "diversit
 TREND_DIVERSITY = ("diversity_vendi_embed", "diversity_weighted_vs")
 ACCURACY_COLUMNS = ("test_acc", "ood_acc")
 OUTCOMES = ("test_acc", "test_ece", "ood_acc")
+ORPHAN_NOTE = ": no D; its dM is in changes.csv"
 
 
 class NoRuns(RuntimeError):
     """Nothing usable was found; the message says why."""
+
+
+class NoBaselines(NoRuns):
+    """Complete analysed runs exist, but none has a matching baseline: D cannot be formed (dM can)."""
 
 
 @dataclass
@@ -53,6 +58,7 @@ class Report:
     notes: list[str]
     run_dirs: dict[str, Path]
     across: dict = field(default_factory=dict)  # dims label -> across.AcrossResult
+    run_files: dict[str, dict] = field(default_factory=dict)  # run_id -> its record's file entries
 
 
 # ----------------------------------------------------------------------------- levels
@@ -66,7 +72,7 @@ def level_order(frame: pd.DataFrame) -> pd.Series:
     return numeric.where(numeric.notna(), index)
 
 
-def _sorted(table: pd.DataFrame, category: str = "category") -> pd.DataFrame:
+def sort_table(table: pd.DataFrame, category: str = "category") -> pd.DataFrame:
     key = table.assign(
         _arm=sort_key(table[category]),
         _all=table["level"].astype(str) == "all",
@@ -134,7 +140,7 @@ def category_table(runs: pd.DataFrame, layers: pd.DataFrame, metrics: list[str])
     pooled = stats.adjust_within(out, ["cell", "metric"], mask=out["level"].astype(str) == "all")
     is_all = out["level"].astype(str) == "all"
     out.loc[is_all, ["p_holm", "q_bh"]] = pooled.loc[is_all, ["p_holm", "q_bh"]]
-    return _sorted(out)
+    return sort_table(out)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -247,7 +253,7 @@ def accuracy_summary(runs: pd.DataFrame) -> pd.DataFrame:
             row |= {col: ci["mean"], f"{col}_ci_low": ci["ci_low"], f"{col}_ci_high": ci["ci_high"]}
         row["n_seeds"] = int(grp["seed"].nunique())
         rows.append(row)
-    return _sorted(pd.DataFrame(rows))
+    return sort_table(pd.DataFrame(rows))
 
 
 def monotonic_statement(runs: pd.DataFrame, arm: str = "weight_decay", metric: str = "log_norm") -> dict:
@@ -306,13 +312,13 @@ def _options_mismatch(a: str, b: str) -> str:
     return ", ".join(f"{k}={da.get(k)!r} vs {db.get(k)!r}" for k in keys)
 
 
-def _layer_columns(layers: pd.DataFrame, metrics: list[str]) -> list[str]:
+def layer_columns(layers: pd.DataFrame, metrics: list[str]) -> list[str]:
     lead = [*RUN_KEYS, "baseline_run_id", *LAYER_KEYS, "layer_order", *[c for c in SHAPE_COLUMNS if c in layers.columns]]
     per_metric = [c for m in metrics for c in (f"{m}_pre", f"{m}_ft", f"dM_{m}", f"D_{m}")]
     return [c for c in lead + per_metric if c in layers.columns]
 
 
-def _excluded_unchanged(layers: pd.DataFrame, frozen: pd.Series) -> tuple[pd.DataFrame, list[str]]:
+def unchanged_exclusions(layers: pd.DataFrame, frozen: pd.Series) -> tuple[pd.DataFrame, list[str]]:
     gone = layers[frozen]
     table = gone[["run_id", *LAYER_KEYS]].assign(reason=UNCHANGED, evidence=gone["unchanged_by"].to_numpy())
     notes = []
@@ -333,6 +339,7 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         runs = annotate(runs)
     metrics = collection.metrics
     runs["baseline_run_id"], notes = match_baselines(runs)
+    notes = [*collection.notes, *notes]
     unrecorded = int((runs["recipe"] == NO_RECIPE).sum())
     if unrecorded:
         notes.append(f"{unrecorded} run(s) have no recipe in run.json (trained before wdiv recorded recipes, or brought "
@@ -340,23 +347,24 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
     skipped = [collection.skipped]
     orphans = runs["baseline_run_id"].isna()
     if orphans.any():
-        skipped.append(pd.DataFrame({"run_id": runs.loc[orphans, "run_id"], "reason": runs[orphans].apply(unmatched_reason, axis=1)}))
+        skipped.append(pd.DataFrame({"run_id": runs.loc[orphans, "run_id"], "file": "",
+                                     "reason": runs[orphans].apply(unmatched_reason, axis=1) + ORPHAN_NOTE}))
     options = collection.options
     differ = {r: _options_mismatch(options.get(r, ""), options.get(b, "")) for r, b in
               zip(runs.loc[~orphans, "run_id"], runs.loc[~orphans, "baseline_run_id"]) if options.get(r, "") != options.get(b, "")}
     if differ:
-        skipped.append(pd.DataFrame({"run_id": list(differ), "reason": [
+        skipped.append(pd.DataFrame({"run_id": list(differ), "file": "", "reason": [
             f"analysed with other options than its baseline {runs.set_index('run_id').at[r, 'baseline_run_id']}: {why}"
             for r, why in differ.items()]}))
     runs = runs[~orphans & ~runs["run_id"].isin(set(differ))].reset_index(drop=True)
     if runs.empty:
-        raise NoRuns("no complete analysed run has a matching baseline")
+        raise NoBaselines("no complete analysed run has a matching baseline")
     keep = set(runs["run_id"])
     layers = collection.layers[collection.layers["run_id"].isin(keep)]
     layers = runs[[c for c in RUN_KEYS if c in runs.columns]].merge(layers, on="run_id", how="right")
     excluded = [collection.excluded_layers[collection.excluded_layers["run_id"].isin(keep)]]
     frozen = frozen_layers(layers, ["cell"])
-    unchanged_table, unchanged_notes = _excluded_unchanged(layers, frozen)
+    unchanged_table, unchanged_notes = unchanged_exclusions(layers, frozen)
     notes += unchanged_notes
     if keep_unchanged:
         notes.append(f"--keep-unchanged: {int(frozen.sum())} layer rows unchanged by fine-tuning are kept in every mean")
@@ -364,12 +372,15 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         excluded.append(unchanged_table)
         layers = layers[~frozen.to_numpy()]
     layers = double_differences(layers, runs.set_index("run_id")["baseline_run_id"], metrics)
-    layers = layers[_layer_columns(layers, metrics)]
+    layers = layers[layer_columns(layers, metrics)]
     runs = runs.merge(run_means(layers, metrics), on="run_id", how="left")
     empty = runs["n_layers"].isna()
     if empty.any():  # every layer of the run was left out
-        skipped.append(pd.DataFrame({"run_id": runs.loc[empty, "run_id"], "reason": "every layer unchanged by fine-tuning"}))
+        skipped.append(pd.DataFrame({"run_id": runs.loc[empty, "run_id"], "file": "",
+                                     "reason": "every layer unchanged by fine-tuning"}))
         runs = runs[~empty].reset_index(drop=True)
+        if runs.empty:
+            raise NoRuns("every layer of every matched run is unchanged by fine-tuning")
     anova, pairwise = category_tests(runs, layers, metrics)
     excluded_table = pd.concat(excluded, ignore_index=True)
     excluded_table = runs[["run_id", *CELL]].merge(excluded_table, on="run_id", how="right")
@@ -388,6 +399,7 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         metrics=metrics,
         notes=notes,
         run_dirs={k: v for k, v in collection.run_dirs.items() if k in keep},
+        run_files={k: v for k, v in collection.files.items() if k in keep},
     )
     for dims in across or []:
         dims = normalise_dims(dims)
