@@ -275,13 +275,16 @@ def test_bad_rows_give_one_error_line_each_and_the_rest_is_ingested(tmp_path, ca
     )
     no_seed_col = write_meta(tmp_path / "META2.csv", "run,before,after,arm", "x,a.csv,b.csv,dropout")
     runs = tmp_path / "runs"
-    rc = ingest_main([str(meta), str(no_seed_col), str(tmp_path / "nosuch.csv"), "--out", str(runs)])
+    # a META that does not exist is a bad command line: exit 2, one line, nothing read or written
+    assert ingest_main([str(meta), str(tmp_path / "nosuch.csv"), "--out", str(runs)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"wdiv.ingest: error: META {tmp_path / 'nosuch.csv'} does not exist"] and not runs.exists()
+    rc = ingest_main([str(meta), str(no_seed_col), "--out", str(runs)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert all(line.startswith("error: ") for line in err)
     expected = [
         f"{no_seed_col}: META lacks column(s) seed",
-        f"{tmp_path / 'nosuch.csv'}: META file does not exist",
         f"{meta}:4: run 'nofile': {(tables / 'missing.csv').resolve()} does not exist",
         f"{meta}:5: run 'junk': {(tables / 'junk.csv').resolve()} is not a WeightWatcher details table",
         f"{meta}:6: run 'noarm': no arm",

@@ -5,6 +5,9 @@ after (saved WeightWatcher `details` CSVs, relative to META's folder), arm, seed
 exp, variant, level, level_index, model, data, recipe, test_acc, test_ece, test_loss, ood_acc,
 ood_<set>, vendi_pixel, vendi_embed, rho, weighted_vs, diversity_<key>, wall_time_s. The run
 directories are then read by `python -m wdiv.report RUNS_DIR` like wdiv's own.
+
+Options are checked before any file is read or written (every META an existing file, --out not
+a file nor a report folder): one line on stderr, exit 2.
 """
 
 from __future__ import annotations
@@ -15,8 +18,17 @@ import sys
 from pathlib import Path
 
 
+class OptionError(ValueError):
+    """A bad command line: one line for stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line too, not usage + error
+        raise OptionError(message)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m wdiv.ingest", description=__doc__.splitlines()[0].split(": ", 1)[1],
         epilog="Bad rows print one 'error:' line each and make the exit code 1; the others are still written. "
                "A rerun skips identical run directories and updates those ingest wrote.")
@@ -28,8 +40,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Every option, before any file is read or written; OptionError (one line) otherwise."""
+    for meta in args.meta:
+        if not meta.exists():
+            raise OptionError(f"META {meta} does not exist")
+        if not meta.is_file():
+            raise OptionError(f"META {meta} is not a file")
+    out = args.out
+    if out.exists() and not out.is_dir():
+        raise OptionError(f"--out {out} is a file, not a folder")
+    if out.name == "report" and (out / "summary.md").is_file():
+        raise OptionError(f"--out {out} is a wdiv report folder, not a RUNS_DIR")
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+        check_options(args)
+    except OptionError as err:
+        print(f"wdiv.ingest: error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from wdiv.report.ingest import ingest

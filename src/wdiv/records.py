@@ -9,6 +9,8 @@ and the reason (``check``) and never uses it.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import struct
 import zipfile
@@ -90,6 +92,24 @@ def describe(path: str | Path, count: int | None = None, **extra) -> dict:
     entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     if kind in COUNT_NAME:
         entry[COUNT_NAME[kind]] = int(count) if count is not None else _content_count(path, kind)
+    entry.update(extra)
+    return entry
+
+
+def describe_bytes(name: str, data: bytes, count: int | None = None, **extra) -> dict:
+    """The entry ``describe`` gives for a file called ``name`` holding ``data``, for a writer that
+    builds its files in memory and records them before writing (CSV rows are read back from
+    ``data`` when ``count`` is not given; other counted kinds need ``count``)."""
+    kind = _kind(Path(name))
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if kind in COUNT_NAME:
+        if count is None and kind != "csv":
+            raise ValueError(f"{name}: give the {COUNT_NAME[kind]} count")
+        if count is None:
+            import pandas as pd
+
+            count = len(pd.read_csv(io.BytesIO(data)))
+        entry[COUNT_NAME[kind]] = int(count)
     entry.update(extra)
     return entry
 

@@ -5,7 +5,9 @@ run, before and after fine-tuning, and the run's config and metrics. Each row be
 ``RUNS_DIR/<run>/`` with run.json (the run-directory contract; ``pretrained.kind`` and
 ``source.kind`` are "weightwatcher"), spectra.csv (after), spectra_base.csv (before) in wdiv's
 column layout, and spectra_summary.json, whose ``wdiv.options`` say the spectra came from
-WeightWatcher tables, so the report never tries to re-run the engine for these runs.
+WeightWatcher tables, so the report never tries to re-run the engine for these runs, and whose
+``wdiv.files`` is the same record analyze writes (records entries: sha256, bytes, rows of
+spectra.csv and spectra_base.csv), so the report checks ingested runs like analysed ones.
 
 Column mapping (WeightWatcher 0.7.7 ``details``): the metric columns carry wdiv's names already,
 so they are copied, put in wdiv's order and made numeric. Deliberate changes:
@@ -24,8 +26,8 @@ so they are copied, put in wdiv's order and made numeric. Deliberate changes:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
+import locale
 import logging
 import math
 import re
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wdiv import records
 from wdiv.errors import InputError
 from wdiv.io import sha256_file, write_text
 from wdiv.report.cells import NO_RECIPE
@@ -254,14 +257,15 @@ def summary(spectra: pd.DataFrame, base: pd.DataFrame, files: dict[str, str], be
         "base_sha256": before_sha,
         "n_layers": int(len(spectra)),
         "n_failed": int((spectra["status"] == "failed").sum()),
-        "files": {name: {"sha256": _sha_text(files[name]), "rows": int(len(t))}
+        "files": {name: records.describe_bytes(name, _encoded(files[name]), count=len(t))
                   for name, t in (("spectra.csv", spectra), ("spectra_base.csv", base))},
     }
     return out
 
 
-def _sha_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _encoded(text: str) -> bytes:
+    """The bytes write_text puts on disk for text (the locale's encoding, as Path.write_text uses)."""
+    return text.encode(locale.getpreferredencoding(False))
 
 
 # ----------------------------------------------------------------------------- META
