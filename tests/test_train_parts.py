@@ -236,3 +236,17 @@ def test_real_scale_model_configs_build_with_block_dropout(name):
     assert not torch.equal(net(x), net(x))
     mean, std = models.normalisation(net, cfg.model)
     assert len(mean) == len(std) == 3
+
+
+def test_ece_equals_torchmetrics_bit_for_bit():
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    from wdiv.training.evaluate import ECE_BINS, calibration_error
+
+    for seed, classes, scale in [(0, 5, 1.0), (1, 10, 4.0), (2, 3, 30.0), (3, 5, 0.01)]:
+        gen = torch.Generator().manual_seed(seed)
+        probs = (torch.randn(300, classes, generator=gen, dtype=torch.float64) * scale).softmax(1)
+        labels = torch.randint(0, classes, (300,), generator=gen)
+        ours = calibration_error(probs, labels, ECE_BINS)
+        ref = multiclass_calibration_error(probs, labels, num_classes=classes, n_bins=ECE_BINS, norm="l1")
+        assert float(ours) == float(ref), seed
