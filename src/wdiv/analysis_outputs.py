@@ -19,10 +19,12 @@ error, the options, reference and weights are the ones of this run, and every re
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ from wdiv.spectral.weights import checkpoint_files
 
 WEIGHT_FILE = "model.safetensors"
 NPZ_DATE = (1980, 1, 1, 0, 0, 0)  # fixed zip member time: the same eigenvalues give the same bytes
+LEFTOVER_AGE_S = 600  # a temporary file this old was left by a killed writer (a live one holds it for ms)
 
 
 @dataclass
@@ -245,6 +248,18 @@ def write_esd(path: Path, esd: dict) -> None:
     atomic_write(path, save)
 
 
+def clear_leftovers(path: Path) -> None:
+    """Remove the temporary files a killed writer (kill -9) left beside ``path``: wdiv.io names them
+    ``.<name>.*.tmp``; only old ones, so that a writer running now keeps its own."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > LEFTOVER_AGE_S:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
 def _describe_csv(path: Path, df) -> dict:
     return records.describe(path, count=len(df), columns=[str(c) for c in df.columns])
 
@@ -256,6 +271,8 @@ def write_outputs(t: Target, opts, df, base_df=None, esd: dict | None = None, ba
 
     folder = t.summary.parent
     files: dict[str, dict] = {}
+    for path in (t.base_csv, esd_path(t.base_csv), esd_path(t.csv), t.csv, t.summary):
+        clear_leftovers(path)
 
     def note(path: Path, entry: dict) -> None:
         files[os.path.relpath(path, folder)] = entry

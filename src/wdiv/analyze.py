@@ -11,6 +11,7 @@ the outputs and their record are wdiv.analysis_outputs'.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,8 +21,9 @@ import re
 import signal
 import sys
 import threading
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -316,36 +318,55 @@ def _raise_interrupted(signum, frame):
 
 
 def _worker_init() -> None:
-    """A --jobs worker leaves Ctrl-C to the parent (which ends the workers), so it prints nothing."""
+    """A --jobs worker leaves Ctrl-C to the parent (which ends the workers), so it prints nothing;
+    tqdm's lock is a thread lock there: its default multiprocessing lock is a named semaphore that a
+    killed worker would leave to the resource tracker (a 'leaked semaphore' warning)."""
+    from tqdm.auto import tqdm
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tqdm.set_lock(threading.RLock())
 
 
 def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool, save_esd: bool = False,
-             hash_weights: bool = False) -> dict:
-    """weights path -> Outcome, each distinct path analysed once (in parallel with jobs > 1)."""
+             hash_weights: bool = False) -> Iterator[tuple[str, Outcome]]:
+    """(key, Outcome) as each distinct weights path is analysed (once; in parallel with jobs > 1).
+    Close it (contextlib.closing) so that an interrupted run ends its workers at once."""
     from tqdm.auto import tqdm
 
-    results = {}
     if jobs <= 1 or len(jobs_in) <= 1:
         for key in tqdm(jobs_in, desc="checkpoints", unit="ckpt", disable=not progress or len(jobs_in) < 2):
-            results[key] = analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress,
-                                              save_esd=save_esd, hash_weights=hash_weights)
-        return results
+            yield key, analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress,
+                                          save_esd=save_esd, hash_weights=hash_weights)
+        return
     # spawn, not fork: a forked child can hang on the parent's OpenMP/BLAS thread state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init)
     try:
-        futs = {key: pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights)
+        futs = {pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights): key
                 for key, path in jobs_in.items()}
-        for key in tqdm(futs, desc="checkpoints", unit="ckpt", disable=not progress):
-            results[key] = futs[key].result()
-    except BaseException:  # interrupted: end the workers now rather than wait for them
+        for fut in tqdm(as_completed(futs), total=len(futs), desc="checkpoints", unit="ckpt", disable=not progress):
+            yield futs[fut], fut.result()
+    except BaseException:  # interrupted (or closed early): end the workers now rather than wait for them
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.shutdown(wait=True, cancel_futures=True)  # returns at once: its workers are gone
         raise
     pool.shutdown()
-    return results
+
+
+def _finish(t: Target, opts, res: Outcome, base_res: Outcome | None) -> tuple[bool, list[str]]:
+    """Write t's outputs (or record that it failed) -> (written, the error lines of t itself)."""
+    mine = list(res.errors) + [f"(reference) {e}" for e in (base_res.errors if base_res is not None else [])]
+    if base_res is not None and base_res.df is None:
+        line = f"{t.weights}: reference {t.base} could not be analysed, outputs not written"
+        record_failure(t, mine + [line])
+        return False, [*res.errors, line]
+    if res.df is None:
+        record_failure(t, mine)  # a good earlier record now says the last try failed: retried next time
+        return False, list(res.errors)
+    write_outputs(t, opts, res.df, base_res.df if base_res is not None else None, res.esd,
+                  base_res.esd if base_res is not None else None, errors=mine)
+    return True, list(res.errors)
 
 
 def _analyse_targets(args, opts) -> int:
@@ -355,7 +376,6 @@ def _analyse_targets(args, opts) -> int:
         return 2
     if args.base:
         attach_bases(targets, args.base)
-    errors = [t.error for t in targets if t.error]
     todo = []
     for t in targets:
         if t.error:
@@ -369,30 +389,27 @@ def _analyse_targets(args, opts) -> int:
         elif stale is not None:
             log.info("%s: redone (%s)", t.csv, stale.reason)
         todo.append(t)
-    work = {str(t.weights): t.weights for t in todo}
-    plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if args.plot else {}
     bases = {t.base_sha: t.base for t in todo if t.base is not None}
-    work.update({f"base:{sha}": path for sha, path in bases.items()})
+    work = {f"base:{sha}": path for sha, path in bases.items()}  # references first: targets written as they finish
+    work.update({str(t.weights): t.weights for t in todo})
+    plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if args.plot else {}
     progress = not args.quiet and sys.stderr.isatty()
-    results = _run_all(work, opts, plot_dirs, args.jobs, progress, save_esd=args.save_esd, hash_weights=bool(args.base))
+    results: dict[str, Outcome] = {}
+    lines: dict[int, list[str]] = {}  # target index -> its error lines, printed in target order
     written = 0
-    for t in todo:
-        res = results[str(t.weights)]
-        errors.extend(res.errors)
-        base_res = results.get(f"base:{t.base_sha}") if t.base is not None else None
-        mine = list(res.errors) + [f"(reference) {e}" for e in (base_res.errors if base_res is not None else [])]
-        if base_res is not None and base_res.df is None:
-            line = f"{t.weights}: reference {t.base} could not be analysed, outputs not written"
-            errors.append(line)
-            record_failure(t, mine + [line])
-            continue
-        if res.df is None:
-            record_failure(t, mine)  # a good earlier record now says the last try failed: retried next time
-            continue
-        write_outputs(t, opts, res.df, base_res.df if base_res is not None else None, res.esd,
-                      base_res.esd if base_res is not None else None, errors=mine)
-        written += 1
-    for sha, path in bases.items():
+    pending = list(todo)
+    with contextlib.closing(_run_all(work, opts, plot_dirs, args.jobs, progress, save_esd=args.save_esd,
+                                     hash_weights=bool(args.base))) as outcomes:
+        for key, outcome in outcomes:
+            results[key] = outcome
+            for t in [t for t in pending if str(t.weights) in results
+                      and (t.base is None or f"base:{t.base_sha}" in results)]:
+                pending.remove(t)
+                ok, lines[todo.index(t)] = _finish(t, opts, results[str(t.weights)],
+                                                   results.get(f"base:{t.base_sha}") if t.base is not None else None)
+                written += ok
+    errors = [t.error for t in targets if t.error] + [e for i in sorted(lines) for e in lines[i]]
+    for sha in bases:
         errors.extend(f"(reference) {e}" for e in results[f"base:{sha}"].errors)
     for line in dict.fromkeys(errors):
         print(f"error: {line}", file=sys.stderr)
