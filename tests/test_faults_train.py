@@ -119,15 +119,28 @@ def test_a_baseline_that_turns_on_an_arms_knob_is_refused(exp, override):
         validate(compose_cfg(f"+exp={exp}", *TINY, override))
 
 
+FIX = Path(__file__).parent / "fixtures" / "text"
+TEXT = ["model=tiny_bert", "data=text_csv", f"data.train_file={FIX / 'train.csv'}", f"data.test_file={FIX / 'test.csv'}", "trainer.progress=false"]
+
+
 def test_every_exp_at_its_own_level_is_accepted_and_other_arms_knobs_are_refused():
     from wdiv.training.validate import validate
 
     for exp in sorted(p.stem for p in (Path(CONFIG_DIR) / "exp").glob("*.yaml")):
-        validate(compose_cfg(f"+exp={exp}", *TINY))
+        validate(compose_cfg(f"+exp={exp}", *(TEXT if exp.startswith("text_") else TINY)))
     with pytest.raises(ConfigError, match=r"^aug.policy=flip is the augment arm's knob"):
         validate(compose_cfg("+exp=dropout", *TINY, "aug.policy=flip"))
     with pytest.raises(ConfigError, match=r"^synth.mode=none"):
         validate(compose_cfg("+exp=synthetic", *TINY, "synth=none"))
+
+
+@pytest.mark.parametrize("exp, override, level", [("text_augment", "aug.policy=ri-0.3-0.5", "ri-0.3-0.5"), ("text_synthetic", "synth.p=0.3", "0.3")])
+def test_text_arms_refuse_their_knob_alone_too(exp, override, level):
+    from wdiv.training.validate import validate
+
+    validate(compose_cfg(f"+exp={exp}", *TEXT, f"level={level}", override))
+    with pytest.raises(ConfigError, match=rf"disagrees with level=.*: set level={level} instead"):
+        validate(compose_cfg(f"+exp={exp}", *TEXT, override))
 
 
 def test_config_error_is_one_stderr_line_exit_2_and_writes_nothing(tmp_path):
@@ -153,8 +166,10 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 # ------------------------------------------------------------------ interrupts (item 6)
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_cleanly_and_the_same_command_resumes_to_the_same_weights(sig, code, tmp_path, reference):
+# SIGINT resumes through the same CLI command; SIGTERM resumes in-process (the same run()
+# the CLI calls), which saves one interpreter start in the fast tier.
+@pytest.mark.parametrize("sig, code, resume_cli", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)])
+def test_signal_stops_cleanly_and_the_same_command_resumes_to_the_same_weights(sig, code, resume_cli, tmp_path, reference, caplog):
     args = [*BASE, f"paths.runs_dir={tmp_path}"]
     run_dir = tmp_path / RUN
     proc = subprocess.Popen([sys.executable, "-m", "wdiv.train", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -172,10 +187,15 @@ def test_signal_stops_cleanly_and_the_same_command_resumes_to_the_same_weights(s
     assert f"interrupted after epoch {after};" in stops[0]
     assert torch.load(run_dir / "checkpoints" / "state.pt", weights_only=True)["epoch"] == after
 
-    again = cli(*args, cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"resuming {run_dir} after epoch {after}" in again.stderr
-    assert again.stdout.startswith("complete baseline seed 0 | test_acc")  # the result line, on stdout
+    if resume_cli:
+        again = cli(*args, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"resuming {run_dir} after epoch {after}" in again.stderr
+        assert again.stdout.startswith("complete baseline seed 0 | test_acc")  # the result line, on stdout
+    else:
+        with caplog.at_level(logging.INFO, logger="wdiv.training.runner"):
+            run_inprocess(run_dir, *args)
+        assert any(f"resuming {run_dir} after epoch {after}" in r.getMessage() for r in caplog.records)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "complete" and "interrupted" not in info
     assert info["metrics"] == json.loads((reference / "run.json").read_text())["metrics"]
@@ -344,8 +364,9 @@ def test_sigkill_at_a_seeded_random_point_then_resume_gives_the_same_weights(dra
     proc = subprocess.Popen([sys.executable, "-m", "wdiv.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
     wait_for(run_dir / "checkpoints" / "state.pt", proc)
     time.sleep(delay)
-    proc.kill()
+    proc.kill()  # SIGKILL: no handler runs
     proc.wait()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running", "finished before the kill"
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "complete"
