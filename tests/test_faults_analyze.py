@@ -173,6 +173,22 @@ def test_changed_weights_are_redone(tree, capsys):
     assert "1 written" in capsys.readouterr().err and (tree / "runs/r0/spectra.csv").read_bytes() == before
 
 
+def test_the_weights_sha256_that_run_json_records_is_part_of_the_identity(tree, capsys):
+    run = tree / "runs/r0"
+    info = json.loads((run / "run.json").read_text())
+    info["files"] = {"model.safetensors": records.describe(run / "model.safetensors")}
+    (run / "run.json").write_text(json.dumps(info))
+    assert cli.main(ARGS) == 0  # bytes and mtime as recorded: a sha256 only now known changes nothing
+    assert "0 written, 2 up to date" in capsys.readouterr().err
+    assert cli.main([*ARGS, "--force", "-q"]) == 0
+    ident = json.loads((run / "spectra_summary.json").read_text())["wdiv"]["weights_files"]["model.safetensors"]
+    assert ident["sha256"] == info["files"]["model.safetensors"]["sha256"]
+    assert cli.main(ARGS) == 0 and "0 written" in capsys.readouterr().err
+    info["files"]["model.safetensors"]["sha256"] = "0" * 64  # training says these are other weights
+    (run / "run.json").write_text(json.dumps(info))
+    assert cli.main(ARGS) == 0 and "1 written" in capsys.readouterr().err
+
+
 def test_old_leftovers_of_a_killed_writer_are_removed(tree):
     old = tree / "runs/r0/.spectra.csv.abc123.tmp"
     fresh = tree / "runs/r0/.spectra.csv.def456.tmp"  # a writer running now: kept

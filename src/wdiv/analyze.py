@@ -10,7 +10,6 @@ the outputs and their record are wdiv.analysis_outputs'.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -29,6 +28,7 @@ import numpy as np
 
 from wdiv.analysis_outputs import (Outcome, Target, esd_key, esd_path, is_up_to_date, outputs_for,  # noqa: F401
                                    record_failure, stale_reason, summary_dict, write_esd, write_outputs)
+from wdiv.analysis_args import build_parser, check_args, options_from_args  # noqa: F401
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file
 from wdiv.spectral.weights import checkpoint_files, find_checkpoint
@@ -188,118 +188,6 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
     if hash_weights:
         outcome.df["weights_sha256"] = outcome.df["longname"].map(hashes)
     return outcome
-
-
-# ------------------------------------------------------------------ CLI
-
-
-# ------------------------------------------------------------------ CLI
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line (exit 2), as every other option error of this command."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (python -m wdiv.analyze --help)\n")
-
-
-def _int_or_float(text: str):
-    if text == "force":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m wdiv.analyze", description=__doc__.split("\n")[0])
-    p.add_argument("paths", nargs="+", metavar="PATH", help="weights file, checkpoint or run dir, or a tree of them")
-    g = p.add_argument_group("metrics")
-    g.add_argument("--fit", choices=["ks", "hill", "powerlaw"], default="ks", help="power-law estimator (default ks)")
-    g.add_argument("--xmax", type=_int_or_float, default=None,
-                   help="power-law fit upper cut: an integer k (e.g. -1) drops the |k| largest eigenvalues as "
-                        "WeightWatcher does, a float cuts at that eigenvalue, 'force' as WeightWatcher")
-    g.add_argument("--fix-fingers", choices=["clip_xmax"], default=None)
-    g.add_argument("--no-mp-fit", action="store_true", help="skip the Marchenko-Pastur fit")
-    g.add_argument("--randomize", action="store_true", help="also analyse element-permuted W")
-    g.add_argument("--seed", type=int, default=0, help="seed of --randomize / --farms (default 0)")
-    g.add_argument("--farms", action="store_true", help="alpha_farms: fixed-aspect-ratio submatrix ESD")
-    g.add_argument("--farms-window", type=int, default=None, help="FARMS submatrix rows (>= 1)")
-    g.add_argument("--farms-windows-per-dim", type=int, default=None, help="FARMS windows per dimension (>= 1)")
-    g.add_argument("--farms-aspect-ratio", type=float, default=None, help="FARMS submatrix aspect ratio (>= 1)")
-    s = p.add_argument_group("layers")
-    s.add_argument("--pool", dest="pool", action="store_true", default=True, help="one ESD per conv layer (default)")
-    s.add_argument("--per-slice", dest="pool", action="store_false", help="one row per conv kernel slice")
-    s.add_argument("--include", default=None, help="regex: analyse only matching layer longnames")
-    s.add_argument("--exclude", default=None, help="regex: skip matching layer longnames")
-    s.add_argument("--min-evals", type=int, default=10, help="(>= 0; 0: no lower filter)")
-    s.add_argument("--max-evals", type=int, default=15000, help="(>= 1 and >= --min-evals)")
-    s.add_argument("--max-N", dest="max_N", type=int, default=50000, help="(>= 1)")
-    o = p.add_argument_group("outputs")
-    o.add_argument("--base", nargs="?", const="auto", default=None,
-                   help="reference checkpoint for delta_<metric> columns; without a value: run.json pretrained.path")
-    o.add_argument("--out", default=None, help="spectra csv path (a single checkpoint only)")
-    o.add_argument("--plot", action="store_true", help="one ESD PNG per layer under esd/ beside the csv")
-    o.add_argument("--save-esd", action="store_true",
-                   help="esd.npz beside spectra.csv (esd_base.npz with --base): the fitted eigenvalues of every row")
-    o.add_argument("--force", action="store_true", help="redo outputs that are up to date")
-    o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel (>= 1)")
-    o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
-    o.add_argument("-q", "--quiet", action="store_true")
-    return p
-
-
-def options_from_args(args):
-    from wdiv.spectral.options import AnalyzeOptions, FarmsOptions
-
-    return AnalyzeOptions(
-        fit=args.fit, xmax=args.xmax, fix_fingers=args.fix_fingers, mp_fit=not args.no_mp_fit,
-        randomize=args.randomize, seed=args.seed, farms=args.farms,
-        farms_options=FarmsOptions(args.farms_window, args.farms_windows_per_dim, args.farms_aspect_ratio),
-        pool=args.pool, include=args.include, exclude=args.exclude, min_evals=args.min_evals,
-        max_evals=args.max_evals, max_N=args.max_N, device=args.device)
-
-
-# AnalyzeOptions' field names (its ConfigErrors start with one) -> the flag the user typed
-FLAGS = {"fit": "--fit", "xmax": "--xmax", "fix_fingers": "--fix-fingers", "include": "--include",
-         "exclude": "--exclude", "min_evals": "--min-evals", "max_evals": "--max-evals", "max_N": "--max-N",
-         "device": "--device", "farms_window": "--farms-window", "farms_windows_per_dim": "--farms-windows-per-dim",
-         "farms_aspect_ratio": "--farms-aspect-ratio"}
-
-
-def check_args(args):
-    """Every option checked before any file is read or written -> AnalyzeOptions; ConfigError
-    ('--flag: why') for the first bad one."""
-    if args.jobs < 1:
-        raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
-    if args.out is not None:
-        if len(args.paths) > 1:
-            raise ConfigError(f"--out: needs a single checkpoint, got {len(args.paths)} paths")
-        if Path(args.out).is_dir():
-            raise ConfigError(f"--out: {args.out} is a directory (give the csv's path)")
-    farms = [flag for flag, v in (("--farms-window", args.farms_window), ("--farms-windows-per-dim",
-             args.farms_windows_per_dim), ("--farms-aspect-ratio", args.farms_aspect_ratio)) if v is not None]
-    if farms and not args.farms:
-        raise ConfigError(f"{farms[0]}: needs --farms")
-    if args.base not in (None, "auto"):
-        ref = Path(args.base)
-        if not ref.exists() or (ref.is_dir() and find_checkpoint(ref) is None):
-            raise ConfigError(f"--base: {ref}: no such checkpoint")
-    try:
-        opts = options_from_args(args)
-    except ConfigError as exc:
-        key, _, why = str(exc).partition(": ")
-        raise ConfigError(f"{FLAGS.get(key, key)}: {why}") from None
-    if opts.device != "cpu":
-        import torch
-
-        index = int(opts.device.partition(":")[2] or 0)
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device: {opts.device} asked for, but CUDA is not available here")
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device: {opts.device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return opts
 
 
 # ------------------------------------------------------------------ signals
