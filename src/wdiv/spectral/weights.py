@@ -4,6 +4,13 @@ A *source* (`open_weights`) lists the state-dict keys with their shapes without 
 any data, and hands out one tensor at a time; safetensors tensors are read one by one from
 disk (see SafetensorsFile), so peak memory is bounded by the largest tensor, not the model.
 
+Formats are told by a file's first bytes, not its name (`sniff_format`): safetensors, or a
+PyTorch file (torch.save's zip archive or its legacy pickle), read only with
+``torch.load(weights_only=True)``; anything else is "not a safetensors or PyTorch file: PATH".
+A directory is read in the Hugging Face layout (`find_checkpoint`): model.safetensors, sharded
+*.safetensors with their index, sharded pytorch_model-*.bin with pytorch_model.bin.index.json
+(one shard held at a time), pytorch_model.bin, model.pt.
+
 Layer selection (`select_layers`) follows WeightWatcher 0.7.7 for PyTorch models:
 2-D weights (Linear, Embedding) and 4-D conv kernels; conv kernels are cut per kernel
 position into N x M slices (N >= M), slices pooled into one ESD by default; filters
