@@ -244,3 +244,21 @@ def test_text_diversity_follows_the_image_definitions(tmp_path):
     mixed = measure_text_set(real=real, train=syn, encoder=model, cfg={"sample_size": 100}, seed=0)
     assert 0.0 < mixed["rho"] < 1.0 and mixed["weighted_vs"] == pytest.approx(mixed["vendi_embed"] * mixed["rho"])
     assert measure_text_set(real=real, train=real, encoder=None, cfg=None, seed=0)["vendi_embed"] is None
+
+
+def test_hf_generate_prompts_each_class_with_few_shot_real_examples():
+    from wdiv.training.text.synthetic import HFGenerateGenerator
+
+    prompts = []
+
+    def fake_pipeline(prompt, **kwargs):
+        prompts.append(prompt)
+        assert kwargs["do_sample"] and kwargs["return_full_text"] is False
+        return [{"generated_text": f" generated {len(prompts)}\nsecond line ignored"}]
+
+    gen = HFGenerateGenerator({"shots": 2}, pipeline=fake_pipeline)
+    gen.fit(["late again", "lost bag", "great crew"], np.array([0, 0, 1]), ["complaint", "no complaint"])
+    texts, labels = gen.generate([2, 1], seed=0)
+    assert texts == ["generated 1", "generated 2", "generated 3"] and labels == [0, 0, 1]
+    assert "'complaint'" in prompts[0] and ("late again" in prompts[0] and "lost bag" in prompts[0])
+    assert "'no complaint'" in prompts[2] and "great crew" in prompts[2] and "late again" not in prompts[2]
