@@ -84,3 +84,16 @@ def test_read_json_names_the_file(tmp_path):
         records.read_json(path)
     path.write_text('{"status": "complete"}')
     assert records.read_json(path) == {"status": "complete"}
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
+    """mkstemp makes 0600 files; results on a shared cluster disk must be readable as open() makes them."""
+    import os
+
+    from wdiv.io import write_text
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic = tmp_path / "atomic.txt"
+    write_text(atomic, "x")
+    assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777

@@ -7,6 +7,7 @@ kill at any moment leaves the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -15,12 +16,29 @@ from pathlib import Path
 from typing import Callable
 
 
+@functools.lru_cache(maxsize=1)
+def _file_mode() -> int:
+    """The mode open() gives a new file here (0666 less the umask), read once.
+
+    Linux tells the umask in /proc without changing it; elsewhere it is set and put back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())  # mkstemp makes 0600; a result file gets the mode open() would give it
     os.close(fd)
     try:
         yield Path(tmp)
