@@ -1,4 +1,7 @@
-"""Scores of a classifier on a labelled set: accuracy, cross-entropy, ECE (15 bins)."""
+"""Scores of a classifier on a labelled set: accuracy, cross-entropy, ECE (15 bins).
+
+Torch only; the loop (wdiv.training.loop.evaluate) predicts and calls these, never the reverse.
+"""
 
 from __future__ import annotations
 
@@ -34,14 +37,3 @@ def calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = E
     conf_bin = torch.nan_to_num(torch.zeros(len(bounds)).scatter_add_(0, index, confidences) / count)
     acc_bin = torch.nan_to_num(torch.zeros(len(bounds)).scatter_add_(0, index, accuracies) / count)
     return torch.sum(torch.abs(acc_bin - conf_bin) * (count / count.sum()))
-
-
-def evaluate(model, datasets: dict, rt, *, batch_size: int = 256, finish=None) -> dict[str, dict[str, float]]:
-    """{name: scores} for each dataset (``finish`` normalises each batch); ECE on every set."""
-    from wdiv.training.loop import _identity, make_loader, predict
-
-    results = {}
-    for name, dataset in datasets.items():
-        logits, labels = predict(model, make_loader(dataset, batch_size, rt, shuffle=False), rt, finish or _identity)
-        results[name] = scores(logits, labels, with_ece=True)
-    return results

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from wdiv.training import interrupts
+from wdiv.training.evaluate import scores
 from wdiv.training.optim import lr_factor
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,6 @@ def predict(model, loader, rt: Runtime, finish: Callable = _identity) -> tuple[t
 
 def fit(model, optimizer, train_set, val_set, sched: Schedule, rt: Runtime, *, seed: int, progress: Progress | None = None, on_epoch_end: Callable[[Progress], None] | None = None, desc: str = "", finish: Callable = _identity) -> Progress:
     """Train for ``sched.epochs`` epochs, continuing from ``progress``; ``on_epoch_end`` checkpoints."""
-    from wdiv.training.evaluate import scores
-
     progress = progress or Progress()
     steps_per_epoch = -(-len(train_set) // sched.batch_size)
     total = steps_per_epoch * sched.epochs
@@ -160,3 +159,12 @@ def fit(model, optimizer, train_set, val_set, sched: Schedule, rt: Runtime, *, s
         if sched.stop_after_epoch is not None and progress.epoch >= sched.stop_after_epoch and progress.epoch < sched.epochs:
             raise StopRequested(f"stopped after epoch {progress.epoch} (trainer.stop_after_epoch)")
     return progress
+
+
+def evaluate(model, datasets: dict, rt, *, batch_size: int = 256, finish=None) -> dict[str, dict[str, float]]:
+    """{name: scores} for each dataset (``finish`` normalises each batch); ECE on every set."""
+    results = {}
+    for name, dataset in datasets.items():
+        logits, labels = predict(model, make_loader(dataset, batch_size, rt, shuffle=False), rt, finish or _identity)
+        results[name] = scores(logits, labels, with_ece=True)
+    return results

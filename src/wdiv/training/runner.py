@@ -237,7 +237,7 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     from wdiv.training import models, pretrained
     from wdiv.training.augment import build_pipeline
     from wdiv.training.data import build_splits, transformed
-    from wdiv.training.evaluate import evaluate
+    from wdiv.training.loop import evaluate
     from wdiv.training.optim import build_optimizer
 
     rt = runtime(cfg.trainer)
