@@ -2,7 +2,6 @@
 per-layer statistic against a direct pandas recomputation, its tests against scipy /
 statsmodels called directly, and the design-respecting mixed model (and its labelled fallback)."""
 
-import math
 
 import numpy as np
 import pandas as pd

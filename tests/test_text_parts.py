@@ -17,7 +17,8 @@ from wdiv.diversity import measure_text_set, ngram_counts, ngram_vendi  # noqa: 
 from wdiv.errors import ConfigError  # noqa: E402
 from wdiv.training import models  # noqa: E402
 from wdiv.training.text import eda  # noqa: E402
-from wdiv.training.text.data import TextSet, read_table  # noqa: E402
+from wdiv.training.text.data import TextSet  # noqa: E402
+from wdiv.training.text.files import read_table  # noqa: E402
 from wdiv.training.text.synthetic import TextFileGenerator, build_text_synthetic  # noqa: E402
 from wdiv.training.text.tokenizers import WordTokenizer  # noqa: E402
 

@@ -26,9 +26,8 @@ from typing import Iterator
 
 import numpy as np
 
-from wdiv.analysis_outputs import (Outcome, Target, esd_key, esd_path, is_up_to_date, outputs_for,  # noqa: F401
-                                   record_failure, stale_reason, summary_dict, write_esd, write_outputs)
-from wdiv.analysis_args import build_parser, check_args, options_from_args  # noqa: F401
+from wdiv.analysis_outputs import Outcome, Target, esd_key, outputs_for, record_failure, stale_reason, write_outputs
+from wdiv.analysis_args import build_parser, check_args
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file
 from wdiv.spectral.weights import checkpoint_files, find_checkpoint

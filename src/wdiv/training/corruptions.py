@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from wdiv.errors import ConfigError
-from wdiv.training.data import TensorImages
+from wdiv.training.splits import TensorImages
 
 
 def _to_float(x):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from wdiv.errors import ConfigError
-from wdiv.training.data import Splits, TensorImages, cache_root
+from wdiv.training.splits import Splits, TensorImages, cache_root
 
 log = logging.getLogger(__name__)
 

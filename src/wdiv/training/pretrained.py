@@ -26,7 +26,7 @@ from wdiv.errors import ConfigError
 from wdiv.io import sha256_file, write_json
 from wdiv.training import text
 from wdiv.training.checkpoint import load_weights, save_weights
-from wdiv.training.data import cache_root
+from wdiv.training.splits import cache_root
 from wdiv.training.text import models as text_models
 
 log = logging.getLogger(__name__)

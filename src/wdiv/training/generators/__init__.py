@@ -6,14 +6,16 @@
 * ``stable_diffusion``: diffusers text-to-image with one prompt per class (extra ``gen``, GPU).
 """
 
-from wdiv.training.generators.base import Generator, make_generator
+from wdiv.training.generators.base import Generator
 from wdiv.training.generators.cache import cached_generate
 from wdiv.training.generators.folder import FolderGenerator, write_image_folder
 from wdiv.training.generators.offline import PcaGmmGenerator
+from wdiv.training.generators.registry import GENERATORS, make_generator
 from wdiv.training.generators.stable_diffusion import StableDiffusionGenerator
 
 __all__ = [
     "Generator",
+    "GENERATORS",
     "make_generator",
     "cached_generate",
     "FolderGenerator",

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from wdiv.errors import ConfigError
 
 
 class Generator(ABC):
@@ -46,20 +45,3 @@ class Generator(ABC):
     def cache_config(self) -> dict[str, Any]:
         """What identifies this generator's output (its config, JSON-serialisable)."""
         return {k: v for k, v in sorted(self.cfg.items())}
-
-
-def _registry() -> dict[str, type[Generator]]:
-    from wdiv.training.generators.folder import FolderGenerator
-    from wdiv.training.generators.offline import PcaGmmGenerator
-    from wdiv.training.generators.stable_diffusion import StableDiffusionGenerator
-
-    return {g.name: g for g in (PcaGmmGenerator, FolderGenerator, StableDiffusionGenerator)}
-
-
-def make_generator(cfg: Mapping[str, Any], **kwargs: Any) -> Generator:
-    """Build the generator named by ``cfg['name']`` (``synth.generator.name``)."""
-    registry = _registry()
-    name = cfg.get("name")
-    if name not in registry:
-        raise ConfigError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(registry)})")
-    return registry[name](cfg, **kwargs)

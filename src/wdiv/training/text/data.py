@@ -16,21 +16,21 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from wdiv.errors import ConfigError
-from wdiv.training.data import Splits, cache_root
+from wdiv.training.splits import Splits, cache_root
 from wdiv.training.datasets import stratified_split
 from wdiv.training.text import eda as eda_mod
+from wdiv.training.text.files import label_text, read_table
+from wdiv.training.text.synthetic import build_text_synthetic
 from wdiv.training.text.tokenizers import build_tokenizer, words
 
 log = logging.getLogger(__name__)
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
 
 
 class TextSet(Dataset):
@@ -78,45 +78,9 @@ class TextSet(Dataset):
         return self.labels.tolist()
 
 
-def read_table(path, data_cfg, key: str) -> tuple[list[str], list[str]]:
-    """(texts, labels as strings) of one file; ConfigError naming ``key`` or the column key."""
-    import pandas as pd
-
-    if path in (None, "", "???"):
-        raise ConfigError(f"{key}: required for data=text_csv")
-    path = Path(str(path)).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{key}: file {path} does not exist")
-    fmt = str(data_cfg.get("format", "auto"))
-    fmt = FORMATS.get(path.suffix.lower()) if fmt == "auto" else fmt
-    if fmt not in ("csv", "tsv", "jsonl"):
-        raise ConfigError(f"data.format: cannot tell the format of {path.name} (set data.format=csv, tsv or jsonl)")
-    try:
-        if fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, dtype=False)
-        else:
-            frame = pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=str, keep_default_na=False)
-    except ValueError as err:
-        raise ConfigError(f"{key}: {path} is not readable as {fmt} ({str(err).splitlines()[0]})") from None
-    text_col, label_col = str(data_cfg.text_column), str(data_cfg.label_column)
-    for col_key, col in (("data.text_column", text_col), ("data.label_column", label_col)):
-        if col not in frame.columns:
-            raise ConfigError(f"{col_key}: column {col!r} not in {path} (columns: {', '.join(map(str, frame.columns))})")
-    if frame[label_col].isna().any():
-        raise ConfigError(f"{key}: {path} has rows without a label in column {label_col!r}")
-    texts = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in frame[text_col]]
-    return texts, [_label_text(v) for v in frame[label_col]]
-
-
-def _label_text(v) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v)
-
-
 def label_order(train_labels: Sequence[str], given) -> list[str]:
     if given:
-        order = [_label_text(v) for v in given]
+        order = [label_text(v) for v in given]
         missing = sorted(set(train_labels) - set(order))
         if missing:
             raise ConfigError(f"data.labels: training labels {missing[:5]} are not listed")
@@ -172,8 +136,6 @@ def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0
     real_train = textset(train_texts, train_labels, eda=eda)
     train, synth_info = real_train, None
     if synth_cfg is not None and str(synth_cfg.get("mode", "none")) != "none":
-        from wdiv.training.text.synthetic import build_text_synthetic
-
         train = build_text_synthetic(real_train, synth_cfg, seed=seed, cache_dir=cache_root(paths_cfg) / "synthetic_text", make_set=textset, eda=eda)
         synth_info = train.info
     record = {"labels": classes, "tokenizer": str(data_cfg.tokenizer.kind), "vocab_size": len(tokenizer), "max_length": max_length, "n_train": len(real_train), "eda": eda.record() if eda is not None else None}

@@ -34,6 +34,7 @@ import numpy as np
 
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_json, write_text
+from wdiv.training.text.files import read_table
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,6 @@ class TextFileGenerator:
 
     def fit(self, texts, labels, classes: Sequence[str]) -> None:
         from omegaconf import OmegaConf
-
-        from wdiv.training.text.data import read_table
 
         file_texts, file_labels = read_table(self.cfg["path"], OmegaConf.create(self.cfg), "synth.generator.path")
         index = {c: i for i, c in enumerate(classes)}

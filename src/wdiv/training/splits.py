@@ -1,0 +1,80 @@
+"""The data types every dataset builder shares: raw image tensors, transformed views, the splits.
+
+Raw datasets carry no augmentation and no normalisation: :class:`Transformed` applies both
+afterwards, so synthetic images (mixed in before augmentation) go through exactly the same
+pipeline as real ones. Builders (datasets, corruptions, text) import these types from here, and
+:mod:`wdiv.training.data` (which dispatches to the builders) sits above them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+
+class TensorImages(Dataset):
+    """Images held in memory as one uint8 tensor [N, C, H, W] with int64 labels."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError("TensorImages wants a uint8 tensor [N, C, H, W]")
+        self.images = images
+        self.labels = labels.to(torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+
+class Transformed(Dataset):
+    """Applies ``transform`` (augmentation + normalisation) to the image of a raw dataset."""
+
+    def __init__(self, raw: Dataset, transform: Callable):
+        self.raw = raw
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, i: int):
+        image, label = self.raw[i]
+        return self.transform(image), label
+
+
+def transformed(raw: Dataset, transform: Callable | None) -> Dataset:
+    """``raw`` with ``transform`` applied to its images (``raw`` itself when there is none)."""
+    return raw if transform is None else Transformed(raw, transform)
+
+
+@dataclass
+class Splits:
+    """The raw splits of one task plus its OOD test sets (name -> raw dataset)."""
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    image_size: int
+    ood: dict[str, Dataset] = field(default_factory=dict)
+    synth: dict | None = None
+    real_train: Dataset | None = None  # the real training split when synthetic data is mixed in
+    run_info: dict = field(default_factory=dict)  # run.json fields the data adds (text: label order, EDA)
+
+
+def cache_root(paths_cfg) -> Path:
+    """``paths.cache_dir``, else ``$WDIV_CACHE``, else ``~/.cache/wdiv``."""
+    root = paths_cfg.get("cache_dir") if paths_cfg is not None else None
+    root = root or os.environ.get("WDIV_CACHE") or "~/.cache/wdiv"
+    return Path(root).expanduser()
