@@ -8,7 +8,8 @@ spectra_base.csv. So every complete analysed run gets its dM here, with or witho
 - missing_baselines.csv: per (cell, seed, starting checkpoint) that has runs but no baseline run,
   the runs waiting for it: what to train so that D can be formed.
 
-Layers unchanged by fine-tuning in every run of a cell are left out, as in the D tables.
+Layers unchanged by fine-tuning in every run of a cell are left out, as in the D tables; so is a
+run analysed with other options than its baseline (skipped.csv says so).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from wdiv.report.cells import BASELINE, UNSHARED_REFERENCES, annotate, label, ma
 from wdiv.report.collect import Collection
 from wdiv.report.deltas import frozen_layers, run_means
 from wdiv.report.samples import seed_values
-from wdiv.report.tables import CELL, ORPHAN_NOTE, RUN_KEYS, layer_columns, sort_table, unchanged_exclusions
+from wdiv.report.tables import CELL, ORPHAN_NOTE, RUN_KEYS, layer_columns, options_conflicts, sort_table, unchanged_exclusions
 
 CHANGE_COLUMNS = [*CELL, "category", "arm", "variant", "level", "level_index", "metric", "mean_dM", "sd_dM",
                   "ci_low_dM", "ci_high_dM", "n_seeds", "n_runs", "n_with_baseline"]
@@ -95,8 +96,11 @@ def build_changes(collection: Collection, keep_unchanged: bool = False) -> Chang
         runs = annotate(runs)
     metrics = collection.metrics
     runs["baseline_run_id"], _ = match_baselines(runs)
-    layers = runs[[c for c in RUN_KEYS if c in runs.columns]].merge(collection.layers, on="run_id", how="right")
-    excluded = [collection.excluded_layers]
+    # a run analysed otherwise than its baseline is skipped by the D tables (and listed there): not averaged here either
+    runs = runs[~runs["run_id"].isin(set(options_conflicts(runs, collection.options)))].reset_index(drop=True)
+    kept = collection.layers[collection.layers["run_id"].isin(set(runs["run_id"]))]
+    layers = runs[[c for c in RUN_KEYS if c in runs.columns]].merge(kept, on="run_id", how="right")
+    excluded = [collection.excluded_layers[collection.excluded_layers["run_id"].isin(set(runs["run_id"]))]]
     frozen = frozen_layers(layers, ["cell"])
     unchanged_table, notes = unchanged_exclusions(layers, frozen)
     if not keep_unchanged:

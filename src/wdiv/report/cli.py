@@ -124,7 +124,8 @@ def check_options(args: argparse.Namespace) -> Options:
     if args.esd_layer is not None and not args.esd_layer.strip():
         raise OptionError("--esd-layer: give a layer longname")
     out_dir = args.out or runs_dir / "report"
-    _check_out(out_dir, runs_dir)
+    if args.out is not None:  # RUNS_DIR/report is the report's by contract; any other folder must look like one
+        _check_out(out_dir, runs_dir)
     return Options(runs_dir, out_dir, formats, figure_metrics, esd_run, args.esd_layer, args.keep_unchanged, across,
                    args.verbose)
 
@@ -151,8 +152,9 @@ def main(argv=None) -> int:
         report = build(collection, keep_unchanged=opts.keep_unchanged, across=opts.across)
     except NoBaselines:
         pass  # dM tables only
-    except NoRuns as why:
-        write_atomically(out_dir, lambda d: write_no_report(str(why), d, runs_dir, collection.skipped))
+    except NoRuns as err:
+        why = str(err)
+        write_atomically(out_dir, lambda d: write_no_report(why, d, runs_dir, collection.skipped))
         return _error(f"{why} under {runs_dir} (reasons in {out_dir / 'summary.md'})", 1)
     metrics = report.metrics if report is not None else changes.metrics
     unknown = sorted(set(opts.figure_metrics or []) - set(metrics))

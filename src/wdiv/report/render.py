@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from wdiv.report import stats
 from wdiv.report.cells import label
 from wdiv.report.changes import Changes, missing_lines
 from wdiv.report.tables import CELL, OUTCOMES, Report

@@ -312,6 +312,20 @@ def _options_mismatch(a: str, b: str) -> str:
     return ", ".join(f"{k}={da.get(k)!r} vs {db.get(k)!r}" for k in keys)
 
 
+def options_conflicts(runs: pd.DataFrame, options: dict[str, str]) -> dict[str, str]:
+    """run_id -> how its analysis options differ from its baseline's, for every matched run whose do."""
+    matched = runs["baseline_run_id"].notna()
+    return {r: _options_mismatch(options.get(r, ""), options.get(b, "")) for r, b in
+            zip(runs.loc[matched, "run_id"], runs.loc[matched, "baseline_run_id"]) if options.get(r, "") != options.get(b, "")}
+
+
+def _unrecorded(run_id: str, options: dict[str, str]) -> str:
+    """The record a run lacks when it has no recorded options (its file column in skipped.csv), else ''."""
+    if options.get(run_id, ""):
+        return ""
+    return "spectra_summary.json" if run_id == "." else f"{run_id}/spectra_summary.json"
+
+
 def layer_columns(layers: pd.DataFrame, metrics: list[str]) -> list[str]:
     lead = [*RUN_KEYS, "baseline_run_id", *LAYER_KEYS, "layer_order", *[c for c in SHAPE_COLUMNS if c in layers.columns]]
     per_metric = [c for m in metrics for c in (f"{m}_pre", f"{m}_ft", f"dM_{m}", f"D_{m}")]
@@ -350,10 +364,9 @@ def build(collection: Collection, keep_unchanged: bool = False, across: list[tup
         skipped.append(pd.DataFrame({"run_id": runs.loc[orphans, "run_id"], "file": "",
                                      "reason": runs[orphans].apply(unmatched_reason, axis=1) + ORPHAN_NOTE}))
     options = collection.options
-    differ = {r: _options_mismatch(options.get(r, ""), options.get(b, "")) for r, b in
-              zip(runs.loc[~orphans, "run_id"], runs.loc[~orphans, "baseline_run_id"]) if options.get(r, "") != options.get(b, "")}
+    differ = options_conflicts(runs, options)
     if differ:
-        skipped.append(pd.DataFrame({"run_id": list(differ), "file": "", "reason": [
+        skipped.append(pd.DataFrame({"run_id": list(differ), "file": [_unrecorded(r, options) for r in differ], "reason": [
             f"analysed with other options than its baseline {runs.set_index('run_id').at[r, 'baseline_run_id']}: {why}"
             for r, why in differ.items()]}))
     runs = runs[~orphans & ~runs["run_id"].isin(set(differ))].reset_index(drop=True)
