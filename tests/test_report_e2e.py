@@ -66,3 +66,23 @@ def test_tiny_real_study_end_to_end(tmp_path, monkeypatch):
         assert (report_dir / "figures" / f"{fig}.png").is_file() and (report_dir / "figures" / f"{fig}.pdf").is_file()
     nb = execute_notebook(report_dir, monkeypatch, tmp_path)
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.slow
+def test_weight_decay_sweep_without_baselines_through_the_real_chain(tmp_path):
+    """No baseline run anywhere: train -> analyze --base -> report still exits 0 with dM and the missing baselines."""
+    runs = tmp_path / "runs"
+    res = run_study("--runs-dir", str(runs), "--seeds", "0", "--arms", "weight_decay",
+                    "--levels", "weight_decay=1e-4,5e-3", "--", "model=vit_micro", "trainer.epochs=1", timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    report_dir = runs / "report"
+    changes = pd.read_csv(report_dir / "changes.csv")
+    assert sorted(changes["level"].unique()) == [1e-4, 5e-3]
+    assert (changes["n_with_baseline"] == 0).all() and changes["mean_dM"].notna().all()
+    missing = pd.read_csv(report_dir / "missing_baselines.csv")
+    assert len(missing) == 1 and missing.at[0, "n_runs"] == 2 and missing.at[0, "seed"] == 0
+    assert not (report_dir / "categories.csv").exists()  # no D without a baseline
+    summary = (report_dir / "summary.md").read_text()
+    assert "D needs baseline runs" in summary or "needs baseline runs" in summary
+    assert "weight_decay/wd0.0001/seed0" in summary
