@@ -300,6 +300,42 @@ def test_old_outputs_without_a_record_are_checked_by_structure(template, without
     assert_tables_equal(got, without_run)
 
 
+def _older_outputs(root: Path, n_layers: bool) -> None:
+    """The outputs an older analyze left: a summary with n_layers but no record of its files."""
+    for summary in root.rglob("spectra_summary.json"):
+        rows = len(pd.read_csv(summary.parent / "spectra.csv"))
+        summary.write_text(json.dumps({"wdiv": {"options": {"fit": "ks"}, **({"n_layers": rows} if n_layers else {})}}))
+    for path in root.rglob("esd*.npz"):
+        path.unlink()
+
+
+@pytest.mark.parametrize("n_layers", [True, False], ids=["with-n_layers", "summary-without-n_layers"])
+def test_an_older_spectra_csv_cut_mid_row_is_named_truncated(template, without_run, tmp_path, n_layers):
+    # the scenario of the issue: a copy killed part-way leaves a header and a stub of the first row, which pandas
+    # reads as one row of blanks (the old report averaged it in, or blamed the reference)
+    root = copy_study(template, tmp_path)
+    _older_outputs(root, n_layers)
+    bad = root / RUN / "spectra.csv"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: data.index(b"\n") + 40])
+    got = report_tables(root)
+    assert got["skipped"].to_dict("records") == [{"run_id": RUN, "file": f"{RUN}/spectra.csv",
+                                                  "reason": "spectra.csv: truncated (its last row is cut short)"}]
+    assert_tables_equal(got, without_run)
+
+
+def test_an_older_spectra_csv_with_fewer_rows_than_its_summary_is_named(template, without_run, tmp_path):
+    root = copy_study(template, tmp_path)
+    _older_outputs(root, n_layers=True)
+    bad = root / RUN / "spectra.csv"
+    table = pd.read_csv(bad)
+    table.head(1).to_csv(bad, index=False)  # whole rows, but only one of them
+    got = report_tables(root)
+    assert got["skipped"].to_dict("records") == [{"run_id": RUN, "file": f"{RUN}/spectra.csv",
+                                                  "reason": f"spectra.csv: fewer layers than recorded (1 of {len(table)})"}]
+    assert_tables_equal(got, without_run)
+
+
 def test_odd_but_legal_layouts_report(template, tmp_path):
     root = copy_study(template, tmp_path)
     # a level recorded as text where the sweep has numbers: the same strength as 0.001

@@ -97,3 +97,16 @@ def test_atomic_writes_get_the_mode_of_a_plain_open(tmp_path):
     atomic = tmp_path / "atomic.txt"
     write_text(atomic, "x")
     assert os.stat(atomic).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
+def test_without_an_entry_a_csv_cut_mid_row_is_truncated_and_whole_rows_are_not(csv_file, tmp_path):
+    data = csv_file.read_bytes()
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(data[: data.rindex(b",")])  # the last row loses its last field(s)
+    assert records.check(cut) == "truncated (its last row is cut short)"
+    whole = tmp_path / "whole.csv"
+    whole.write_bytes(data[: data.index(b"\n", data.index(b"\n") + 1) + 1])  # header and one whole row
+    assert records.check(whole) is None
+    no_newline = tmp_path / "no_newline.csv"  # a hand-written table may end without a newline: all fields there
+    no_newline.write_bytes(data.rstrip(b"\n"))
+    assert records.check(no_newline) is None

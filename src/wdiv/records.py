@@ -9,6 +9,7 @@ and the reason (``check``) and never uses it.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -134,6 +135,8 @@ def check(path: str | Path, entry: dict | None = None, required_columns=()) -> s
         count = _content_count(path, kind)
     except ValueError as exc:
         return str(exc)
+    if entry is None and kind == "csv" and _last_row_cut(path):
+        return "truncated (its last row is cut short)"
     if kind == "csv" and required_columns:
         import pandas as pd
 
@@ -148,6 +151,26 @@ def check(path: str | Path, entry: dict | None = None, required_columns=()) -> s
         what = "layers" if kind == "csv" else name
         return f"fewer {what} than recorded ({count} of {entry[name]})"
     return "hash mismatch (changed since it was recorded)"
+
+
+def _last_row_cut(path: Path) -> bool:
+    """A CSV that ends mid-row: no final newline and fewer fields on its last line than in its
+    header. CSV writers end every row with a newline, so without a record this is how a file cut
+    short by a full disk or a killed copy shows (pandas would read the stub as a row of blanks)."""
+    with open(path, "rb") as fh:
+        header = fh.readline()
+        fh.seek(0, 2)
+        size = fh.tell()
+        fh.seek(max(0, size - (1 << 16)))
+        tail = fh.read()
+    if tail.endswith(b"\n") or not header.endswith(b"\n"):
+        return False  # whole rows (or a header only, which the reader names itself)
+    last = tail.rsplit(b"\n", 1)[-1]
+    return _field_count(last) < _field_count(header.rstrip(b"\r\n"))
+
+
+def _field_count(line: bytes) -> int:
+    return len(next(csv.reader([line.decode("utf-8", "replace")]), []))
 
 
 def read_json(path: str | Path) -> dict:

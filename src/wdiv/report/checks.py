@@ -191,8 +191,10 @@ def numeric_problem(table: pd.DataFrame) -> str | None:
     return None
 
 
-def read_spectra(path: Path, entry: dict | None = None) -> pd.DataFrame:
-    """A spectra table checked against its record entry (if any) and for its structure."""
+def read_spectra(path: Path, entry: dict | None = None, n_layers=None) -> pd.DataFrame:
+    """A spectra table checked against its record entry (if any) and for its structure; without
+    an entry, ``n_layers`` (what an older analyze wrote in spectra_summary.json) is the rows it
+    must hold."""
     reason = records.check(path, entry, required_columns=SPECTRA_COLUMNS)
     if reason is None:
         try:
@@ -206,6 +208,8 @@ def read_spectra(path: Path, entry: dict | None = None) -> pd.DataFrame:
             reason = "missing columns: " + ", ".join(missing)
         elif table.empty:
             reason = "no layers (a header only)"
+        elif entry is None and is_number(n_layers) and len(table) < n_layers:
+            reason = f"fewer layers than recorded ({len(table)} of {int(n_layers)})"
         elif names.isna().any() or (names.astype(str).str.strip() == "").any():
             reason = f"rows without a longname ({int(names.isna().sum())} of {len(table)})"
         else:

@@ -159,9 +159,9 @@ class ReferenceSpectra:
             return RunSkipped(f"no spectra_base.csv and analysing {path} failed: {err}")
 
 
-def read_spectra(path: Path, entry: dict | None = None) -> pd.DataFrame:
+def read_spectra(path: Path, entry: dict | None = None, n_layers=None) -> pd.DataFrame:
     """A spectra table checked before use (checks.read_spectra); RunSkipped names the file."""
-    return checks.read_spectra(path, entry)
+    return checks.read_spectra(path, entry, n_layers)
 
 
 @dataclass
@@ -191,7 +191,7 @@ def load_run(run_file: Path, runs_dir: Path, references: ReferenceSpectra) -> Lo
     spectra_file = run_dir / SPECTRA
     if not spectra_file.exists() and SPECTRA not in files:
         raise RunSkipped(f"no {SPECTRA} (run `python -m wdiv.analyze RUNS_DIR --base`)", spectra_file)
-    finetuned = read_spectra(spectra_file, files.get(SPECTRA))
+    finetuned = read_spectra(spectra_file, files.get(SPECTRA), (meta or {}).get("n_layers"))
     options = (meta or {}).get("options")
     pretrained = references.for_run(run_dir, record, options, files)
     metrics = metrics_present(finetuned, pretrained)
