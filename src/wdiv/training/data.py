@@ -33,7 +33,7 @@ def build_splits(data_cfg, paths_cfg, *, task: str = "target", synth_cfg=None, s
     elif name == "imagefolder":
         splits = imagefolder_splits(data_cfg, task=task)
     else:
-        raise ConfigError(f"data.name: unknown dataset {name!r} (digits, cifar10, cifar100, imagefolder, text_csv)")
+        raise ConfigError(f"data.name: unknown dataset {name!r} (digits, cifar10, cifar100, imagefolder, text_csv, hf_text)")
     if task == "target" and synth_cfg is not None and synth_cfg.get("mode", "none") != "none":
         real_train = splits.train
         splits.train = build_synthetic_train(

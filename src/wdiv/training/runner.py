@@ -28,6 +28,7 @@ from wdiv.training.checkpoint import STATE, damaged, load_resume, load_weights, 
 from wdiv.training.interrupts import Interrupted
 from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
 from wdiv.training.recipe import recipe, semantic
+from wdiv.training.splits import data_id
 from wdiv.training.validate import NUMERIC_ARMS, validate
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def describe(cfg) -> dict:
         "variant": None if synth_mode == "none" else synth_mode,
         "seed": int(cfg.seed),
         "model": str(cfg.model.id),
-        "data": str(cfg.data.get("id") or cfg.data.name),
+        "data": data_id(cfg.data),
     }
 
 

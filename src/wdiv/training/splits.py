@@ -78,3 +78,14 @@ def cache_root(paths_cfg) -> Path:
     root = paths_cfg.get("cache_dir") if paths_cfg is not None else None
     root = root or os.environ.get("WDIV_CACHE") or "~/.cache/wdiv"
     return Path(root).expanduser()
+
+
+def data_id(data_cfg) -> str:
+    """The data's name in run.json and in study cells: ``data.id``, else for a hub or local
+    ``datasets`` dataset its name and subset (so two datasets are never one cell), else ``data.name``."""
+    if data_cfg.get("id"):
+        return str(data_cfg.id)
+    if str(data_cfg.name) == "hf_text" and data_cfg.get("dataset") not in (None, "", "???"):
+        base = Path(str(data_cfg.dataset).rstrip("/")).name or str(data_cfg.dataset)
+        return "-".join(str(p) for p in (base, data_cfg.get("subset")) if p)
+    return str(data_cfg.name)

@@ -17,7 +17,7 @@ def check_text(cfg) -> None:
     if not is_text_model(model):
         raise ConfigError(f"model: data={data.name} is text and model {model.get('id')} is not a text model (model=tiny_bert, hf_text or bert_base)")
     if str(data.get("modality", "image")) != "text":
-        raise ConfigError(f"data: model {model.id} is a text model and data={data.name} is not text data (data=text_csv)")
+        raise ConfigError(f"data: model {model.id} is a text model and data={data.name} is not text data (data=text_csv or data=hf_text)")
     spec = str(model.pretrained)
     if spec not in ("hub", "none") and not Path(spec).expanduser().is_file():
         raise ConfigError(f"model.pretrained: {spec!r} is neither hub, none nor an existing weights file")
@@ -25,15 +25,10 @@ def check_text(cfg) -> None:
         raise ConfigError(f"model.dropout_at: {model.dropout_at!r} is not one of head, blocks, both")
     if str(model.get("pooling", "auto")) not in POOLINGS:
         raise ConfigError(f"model.pooling: {model.pooling!r} is not one of {', '.join(POOLINGS)}")
-    for key in ("train_file", "test_file"):
-        value = data.get(key)
-        if value in (None, "", "???") or not Path(str(value)).expanduser().is_file():
-            raise ConfigError(f"data.{key}: file {value} does not exist")
-    if data.get("val_file") and not Path(str(data.val_file)).expanduser().is_file():
-        raise ConfigError(f"data.val_file: file {data.val_file} does not exist")
-    for name, path in (data.get("ood_files") or {}).items():
-        if not Path(str(path)).expanduser().is_file():
-            raise ConfigError(f"data.ood_files.{name}: file {path} does not exist")
+    if str(data.name) == "hf_text":
+        _check_hub_data(data)
+    else:
+        _check_files(data)
     eda_cfg = data.get("eda") or {}
     eda.parse(cfg.aug.policy, eda_cfg.get("rate", 0.1), eda_cfg.get("share", 1.0))
     synth = cfg.get("synth")
@@ -45,3 +40,31 @@ def check_text(cfg) -> None:
         name = str((synth.get("generator") or {}).get("name"))
         if name not in GENERATORS:
             raise ConfigError(f"synth.generator.name: {name!r} is not a text generator ({', '.join(GENERATORS)})")
+
+
+def _check_files(data) -> None:
+    for key in ("train_file", "test_file"):
+        value = data.get(key)
+        if value in (None, "", "???") or not Path(str(value)).expanduser().is_file():
+            raise ConfigError(f"data.{key}: file {value} does not exist")
+    if data.get("val_file") and not Path(str(data.val_file)).expanduser().is_file():
+        raise ConfigError(f"data.val_file: file {data.val_file} does not exist")
+    for name, path in (data.get("ood_files") or {}).items():
+        if not Path(str(path)).expanduser().is_file():
+            raise ConfigError(f"data.ood_files.{name}: file {path} does not exist")
+
+
+def _check_hub_data(data) -> None:
+    """What can be told of data=hf_text without loading it (the splits are checked as they load)."""
+    name = data.get("dataset")
+    if name in (None, "", "???"):
+        raise ConfigError("data.dataset: required for data=hf_text (a hub name or a local directory)")
+    if not Path(str(name)).expanduser().is_dir() and not bool(data.get("download", False)):
+        raise ConfigError(f"data.dataset: {name} is not a local directory; set data.download=true to fetch it "
+                          "from the Hugging Face hub")
+    if not data.get("train_split"):
+        raise ConfigError("data.train_split: required for data=hf_text")
+    for key in ("val_fraction", "test_fraction"):
+        value = data.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
+            raise ConfigError(f"data.{key}: {value!r} is not a fraction in (0, 1)")

@@ -22,10 +22,11 @@ import torch
 from torch.utils.data import Dataset
 
 from wdiv.errors import ConfigError
-from wdiv.training.splits import Splits, cache_root
+from wdiv.training.splits import Splits, cache_root, data_id
 from wdiv.training.datasets import stratified_split
 from wdiv.training.text import eda as eda_mod
 from wdiv.training.text.files import label_text, read_table
+from wdiv.training.text.hub import HubTables
 from wdiv.training.text.synthetic import build_text_synthetic
 from wdiv.training.text.tokenizers import build_tokenizer, words
 
@@ -100,26 +101,61 @@ def _indices(labels: Sequence[str], order: list[str], key: str) -> torch.Tensor:
     return torch.tensor([index[v] for v in labels], dtype=torch.int64)
 
 
+def _tables(data_cfg, paths_cfg) -> dict:
+    """Each split as (texts, labels as strings): train, val and test (None: a stratified slice of
+    train), ood {name: table}, and the label order the source itself gives (None: sorted)."""
+    if str(data_cfg.name) == "hf_text":
+        hub = HubTables(data_cfg, cache_root(paths_cfg) / "hf_datasets")
+        pick = lambda key: hub.split(data_cfg[key], f"data.{key}") if data_cfg.get(key) else None  # noqa: E731
+        return {"train": pick("train_split"), "val": pick("val_split"), "test": pick("test_split"),
+                "ood": {str(n): hub.split(s, f"data.ood_splits.{n}") for n, s in (data_cfg.get("ood_splits") or {}).items()},
+                "order": hub.label_names()}
+    pick = lambda key: read_table(data_cfg.get(key), data_cfg, f"data.{key}")  # noqa: E731
+    return {"train": pick("train_file"), "val": pick("val_file") if data_cfg.get("val_file") else None,
+            "test": pick("test_file"),
+            "ood": {str(n): read_table(p, data_cfg, f"data.ood_files.{n}") for n, p in (data_cfg.get("ood_files") or {}).items()},
+            "order": None}
+
+
+def _split_off(texts, labels, fraction: float, seed: int, key: str):
+    """(held-out texts, labels), (kept texts, labels): a stratified slice of ``fraction``."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"{key}: {fraction!r} is not a fraction in (0, 1)")
+    out_idx, keep_idx = stratified_split(labels, [fraction], seed)
+    return ([texts[i] for i in out_idx.tolist()], labels[out_idx]), ([texts[i] for i in keep_idx.tolist()], labels[keep_idx])
+
+
 def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0) -> Splits:
-    """The tokenized splits of ``data=text_csv`` (synthetic texts mixed in when ``synth`` asks)."""
+    """The tokenized splits of ``data=text_csv`` or ``data=hf_text`` (synthetic texts mixed in
+    when ``synth`` asks)."""
     if task == "source":
         raise ConfigError("model.pretrained: text data has no source task for a builtin model (use hub or none)")
     max_length = int(data_cfg.max_length)
     if max_length < 2:
         raise ConfigError(f"data.max_length: {max_length} leaves no room for a token")
-    texts, raw_labels = read_table(data_cfg.get("train_file"), data_cfg, "data.train_file")
+    tables = _tables(data_cfg, paths_cfg)
+    kind = "split" if str(data_cfg.name) == "hf_text" else "file"
+    train_key, val_key, test_key = (f"data.{part}_{kind}" for part in ("train", "val", "test"))
+    texts, raw_labels = tables["train"] or ([], [])
     if not texts:
-        raise ConfigError(f"data.train_file: {data_cfg.train_file} has no rows")
-    classes = label_order(raw_labels, data_cfg.get("labels"))
-    labels = _indices(raw_labels, classes, "data.train_file")
-    if data_cfg.get("val_file"):
-        val_texts, val_raw = read_table(data_cfg.val_file, data_cfg, "data.val_file")
-        val_labels = _indices(val_raw, classes, "data.val_file")
+        raise ConfigError(f"{train_key}: no rows")
+    given = data_cfg.get("labels")
+    if not given and tables["order"]:  # a ClassLabel's order, without the names the training split never uses
+        given = [c for c in tables["order"] if c in set(raw_labels)]
+    classes = label_order(raw_labels, given)
+    labels = _indices(raw_labels, classes, train_key)
+    split_seed = int(data_cfg.split_seed)
+    if tables["test"] is None:  # no labelled test split: a stratified slice of the training split
+        (test_texts, test_labels), (texts, labels) = _split_off(texts, labels, float(data_cfg.get("test_fraction", 0.2)),
+                                                                split_seed + 1, "data.test_fraction")
+    else:
+        test_texts, test_labels = tables["test"][0], _indices(tables["test"][1], classes, test_key)
+    if tables["val"] is not None:
+        val_texts, val_labels = tables["val"][0], _indices(tables["val"][1], classes, val_key)
         train_texts, train_labels = texts, labels
     else:
-        val_idx, train_idx = stratified_split(labels, [float(data_cfg.val_fraction)], int(data_cfg.split_seed))
-        val_texts, val_labels = [texts[i] for i in val_idx.tolist()], labels[val_idx]
-        train_texts, train_labels = [texts[i] for i in train_idx.tolist()], labels[train_idx]
+        (val_texts, val_labels), (train_texts, train_labels) = _split_off(texts, labels, float(data_cfg.val_fraction),
+                                                                          split_seed, "data.val_fraction")
     tokenizer = build_tokenizer(data_cfg.get("tokenizer"), train_texts)
     eda_cfg = data_cfg.get("eda") or {}
     vocabulary = sorted({w for t in train_texts for w in words(t)})
@@ -128,11 +164,7 @@ def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0
     def textset(t, y, **kw) -> TextSet:
         return TextSet(t, y, tokenizer, max_length, classes=classes, **kw)
 
-    test_texts, test_raw = read_table(data_cfg.get("test_file"), data_cfg, "data.test_file")
-    ood = {}
-    for name, path in (data_cfg.get("ood_files") or {}).items():
-        ood_texts, ood_raw = read_table(path, data_cfg, f"data.ood_files.{name}")
-        ood[str(name)] = textset(ood_texts, _indices(ood_raw, classes, f"data.ood_files.{name}"))
+    ood = {name: textset(t, _indices(y, classes, f"data.ood_{kind}s.{name}")) for name, (t, y) in tables["ood"].items()}
     real_train = textset(train_texts, train_labels, eda=eda)
     train, synth_info = real_train, None
     if synth_cfg is not None and str(synth_cfg.get("mode", "none")) != "none":
@@ -141,10 +173,10 @@ def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0
     record = {"labels": classes, "tokenizer": str(data_cfg.tokenizer.kind), "vocab_size": len(tokenizer), "max_length": max_length, "n_train": len(real_train), "eda": eda.record() if eda is not None else None}
     log.info("text data: %d train / %d val / %d test rows, labels %s, %s tokenizer (%d tokens)", len(real_train), len(val_texts), len(test_texts), classes, record["tokenizer"], record["vocab_size"])
     return Splits(
-        name=str(data_cfg.get("id") or data_cfg.name),
+        name=data_id(data_cfg),
         train=train,
         val=textset(val_texts, val_labels),
-        test=textset(test_texts, _indices(test_raw, classes, "data.test_file")),
+        test=textset(test_texts, test_labels),
         num_classes=len(classes),
         image_size=0,
         ood=ood,
