@@ -14,7 +14,6 @@ with the run's seed, ``path`` relative to the run directory).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ from omegaconf import OmegaConf
 
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file, write_json
+from wdiv.locks import locked
 from wdiv.training import text
 from wdiv.training.checkpoint import load_weights, save_weights
 from wdiv.training.splits import cache_root
@@ -32,19 +32,6 @@ from wdiv.training.text import models as text_models
 log = logging.getLogger(__name__)
 
 BUILTIN_DATA_KEYS = ("name", "source_classes", "image_size", "split_seed", "val_fraction", "test_fraction")
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def resolve(cfg, rt) -> dict | None:
@@ -112,7 +99,7 @@ def ensure_builtin(cfg, rt) -> Path:
     key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root(cfg.paths) / "pretrained" / f"{cfg.model.id}-{spec['data']['name']}-{key}"
     weights = folder / "model.safetensors"
-    with _locked(folder.parent / f"{folder.name}.lock"):
+    with locked(folder.parent / f"{folder.name}.lock"):
         if weights.exists() and (folder / "pretrained.json").exists():
             return weights
         log.warning("building the builtin pretrained checkpoint for model %s on the %s source task (first use; cached in %s)", cfg.model.id, spec["data"]["name"], folder)
@@ -164,7 +151,7 @@ def ensure_hub(cfg) -> Path:
         raise ConfigError(f"model.name: unknown timm model {name!r}")
     folder = cache_root(cfg.paths) / "pretrained" / f"hub-{name.replace('/', '_')}"
     weights = folder / "model.safetensors"
-    with _locked(folder.parent / f"{folder.name}.lock"):
+    with locked(folder.parent / f"{folder.name}.lock"):
         if not (weights.exists() and (folder / "pretrained.json").exists()):
             log.warning("downloading pretrained weights of %s from the hub (first use; cached in %s)", name, folder)
             model = timm.create_model(name, pretrained=True)

@@ -21,7 +21,6 @@ the batch are trimmed before the encoder (right padding), which changes no predi
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from torch import nn
 
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file, write_json
+from wdiv.locks import locked
 from wdiv.training.checkpoint import save_weights
 
 log = logging.getLogger(__name__)
@@ -154,19 +154,6 @@ def create(model_cfg, num_classes: int) -> TextClassifier:
     return TextClassifier(encoder, num_classes, dropout=p if where in ("head", "both") else 0.0, pooling=pooling)
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def ensure_hf(model_cfg, cache: Path) -> Path:
     """The pretrained encoder of ``model.name`` as ``encoder.*`` safetensors in ``cache``, made once.
 
@@ -182,7 +169,7 @@ def ensure_hf(model_cfg, cache: Path) -> Path:
     key = (local.name if local else name).replace("/", "_")
     folder = cache / "pretrained" / f"hf-{key}-{_short_hash(str(local) if local else name)}"
     weights = folder / "model.safetensors"
-    with _locked(folder.parent / f"{folder.name}.lock"):
+    with locked(folder.parent / f"{folder.name}.lock"):
         if weights.exists() and (folder / "pretrained.json").exists():
             return weights
         log.warning("reading pretrained encoder %s (%s; cached in %s)", name, "local directory" if local else "hub download on first use", folder)
