@@ -13,7 +13,7 @@ from wdiv.errors import ConfigError
 from wdiv.training import models
 from wdiv.training.augment import LEVELS, build_transform
 from wdiv.training.corruptions import corrupt_suite
-from wdiv.training.data import TensorImages
+from wdiv.training.splits import TensorImages
 
 MICRO = {"name": "vit_tiny_patch16_224", "kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}}
 AUG = {"crop_padding": 4, "randaugment_num_ops": 2, "randaugment_magnitude": 9, "noise_std": 0.03, "elastic_alpha": 2.0, "elastic_grid": 5}

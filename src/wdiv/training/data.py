@@ -10,11 +10,11 @@ from __future__ import annotations
 from wdiv.errors import ConfigError
 from wdiv.training.corruptions import corrupt_suite
 from wdiv.training.datasets import cifar_splits, digits_splits, imagefolder_splits
-from wdiv.training.splits import Splits, TensorImages, Transformed, cache_root, transformed
+from wdiv.training.splits import Splits, cache_root, transformed
 from wdiv.training.synthetic import build_synthetic_train
 from wdiv.training.text.data import text_splits
 
-__all__ = ["Splits", "TensorImages", "Transformed", "build_splits", "cache_root", "transformed"]
+__all__ = ["build_splits", "transformed"]  # transformed: the runner applies augmentation to the splits built here
 
 
 def build_splits(data_cfg, paths_cfg, *, task: str = "target", synth_cfg=None, seed: int = 0) -> Splits:

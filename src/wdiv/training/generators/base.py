@@ -9,7 +9,6 @@ from typing import Any
 import torch
 
 
-
 class Generator(ABC):
     """A class-conditional image source.
 

@@ -20,8 +20,7 @@ GENERATORS: dict[str, type[Generator]] = {g.name: g for g in (PcaGmmGenerator, F
 
 def make_generator(cfg: Mapping[str, Any], **kwargs: Any) -> Generator:
     """Build the generator named by ``cfg['name']`` (``synth.generator.name``)."""
-    registry = GENERATORS
     name = cfg.get("name")
-    if name not in registry:
-        raise ConfigError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(registry)})")
-    return registry[name](cfg, **kwargs)
+    if name not in GENERATORS:
+        raise ConfigError(f"synth.generator.name: unknown generator {name!r} (known: {', '.join(GENERATORS)})")
+    return GENERATORS[name](cfg, **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from wdiv.errors import ConfigError
-from wdiv.training.text import eda, is_text_model
+from wdiv.training.text import eda, hub, is_text_model
 from wdiv.training.text.models import POOLINGS
 
 SYNTH_MODES = ("replace", "add")
@@ -29,6 +29,10 @@ def check_text(cfg) -> None:
         _check_hub_data(data)
     else:
         _check_files(data)
+    for key in ("val_fraction", "test_fraction"):  # the stratified slices a split may be cut from
+        value = data.get(key)
+        if key in data and (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1):
+            raise ConfigError(f"data.{key}: {value!r} is not a fraction in (0, 1)")
     eda_cfg = data.get("eda") or {}
     eda.parse(cfg.aug.policy, eda_cfg.get("rate", 0.1), eda_cfg.get("share", 1.0))
     synth = cfg.get("synth")
@@ -56,15 +60,6 @@ def _check_files(data) -> None:
 
 def _check_hub_data(data) -> None:
     """What can be told of data=hf_text without loading it (the splits are checked as they load)."""
-    name = data.get("dataset")
-    if name in (None, "", "???"):
-        raise ConfigError("data.dataset: required for data=hf_text (a hub name or a local directory)")
-    if not Path(str(name)).expanduser().is_dir() and not bool(data.get("download", False)):
-        raise ConfigError(f"data.dataset: {name} is not a local directory; set data.download=true to fetch it "
-                          "from the Hugging Face hub")
+    hub.check_source(data)
     if not data.get("train_split"):
         raise ConfigError("data.train_split: required for data=hf_text")
-    for key in ("val_fraction", "test_fraction"):
-        value = data.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < 1:
-            raise ConfigError(f"data.{key}: {value!r} is not a fraction in (0, 1)")

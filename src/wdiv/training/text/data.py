@@ -106,21 +106,24 @@ def _tables(data_cfg, paths_cfg) -> dict:
     train), ood {name: table}, and the label order the source itself gives (None: sorted)."""
     if str(data_cfg.name) == "hf_text":
         hub = HubTables(data_cfg, cache_root(paths_cfg) / "hf_datasets")
-        pick = lambda key: hub.split(data_cfg[key], f"data.{key}") if data_cfg.get(key) else None  # noqa: E731
-        return {"train": pick("train_split"), "val": pick("val_split"), "test": pick("test_split"),
-                "ood": {str(n): hub.split(s, f"data.ood_splits.{n}") for n, s in (data_cfg.get("ood_splits") or {}).items()},
-                "order": hub.label_names()}
-    pick = lambda key: read_table(data_cfg.get(key), data_cfg, f"data.{key}")  # noqa: E731
-    return {"train": pick("train_file"), "val": pick("val_file") if data_cfg.get("val_file") else None,
-            "test": pick("test_file"),
-            "ood": {str(n): read_table(p, data_cfg, f"data.ood_files.{n}") for n, p in (data_cfg.get("ood_files") or {}).items()},
-            "order": None}
+        named = {part: data_cfg.get(f"{part}_split") for part in ("train", "val", "test")}
+        tables = {part: hub.split(split, f"data.{part}_split") if split else None for part, split in named.items()}
+        sources, read, order = data_cfg.get("ood_splits"), hub.split, hub.label_names()
+    else:
+        named = {part: data_cfg.get(f"{part}_file") for part in ("train", "val", "test")}
+        # train and test files are required (read_table names a missing one); val is optional
+        tables = {part: read_table(path, data_cfg, f"data.{part}_file") if path or part != "val" else None
+                  for part, path in named.items()}
+        sources, order = data_cfg.get("ood_files"), None
+        read = lambda path, key: read_table(path, data_cfg, key)  # noqa: E731
+    kind = "split" if str(data_cfg.name) == "hf_text" else "file"
+    tables["ood"] = {str(n): read(src, f"data.ood_{kind}s.{n}") for n, src in (sources or {}).items()}
+    tables["order"] = order
+    return tables
 
 
-def _split_off(texts, labels, fraction: float, seed: int, key: str):
-    """(held-out texts, labels), (kept texts, labels): a stratified slice of ``fraction``."""
-    if not 0 < fraction < 1:
-        raise ConfigError(f"{key}: {fraction!r} is not a fraction in (0, 1)")
+def _split_off(texts, labels, fraction: float, seed: int):
+    """(held-out texts, labels), (kept texts, labels): a stratified slice of ``fraction`` (checked by text.checks)."""
     out_idx, keep_idx = stratified_split(labels, [fraction], seed)
     return ([texts[i] for i in out_idx.tolist()], labels[out_idx]), ([texts[i] for i in keep_idx.tolist()], labels[keep_idx])
 
@@ -147,7 +150,7 @@ def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0
     split_seed = int(data_cfg.split_seed)
     if tables["test"] is None:  # no labelled test split: a stratified slice of the training split
         (test_texts, test_labels), (texts, labels) = _split_off(texts, labels, float(data_cfg.get("test_fraction", 0.2)),
-                                                                split_seed + 1, "data.test_fraction")
+                                                                split_seed + 1)
     else:
         test_texts, test_labels = tables["test"][0], _indices(tables["test"][1], classes, test_key)
     if tables["val"] is not None:
@@ -155,7 +158,7 @@ def text_splits(data_cfg, paths_cfg, *, task: str, synth_cfg=None, seed: int = 0
         train_texts, train_labels = texts, labels
     else:
         (val_texts, val_labels), (train_texts, train_labels) = _split_off(texts, labels, float(data_cfg.val_fraction),
-                                                                          split_seed, "data.val_fraction")
+                                                                          split_seed)
     tokenizer = build_tokenizer(data_cfg.get("tokenizer"), train_texts)
     eda_cfg = data_cfg.get("eda") or {}
     vocabulary = sorted({w for t in train_texts for w in words(t)})

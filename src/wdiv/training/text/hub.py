@@ -16,11 +16,20 @@ from wdiv.errors import ConfigError
 from wdiv.training.text.files import label_text
 
 
-def _load(data_cfg, cache_dir: Path | None):
-    """The DatasetDict (or Dataset) behind ``data.dataset``."""
+def check_source(data_cfg) -> None:
+    """What can be told of ``data.dataset`` without loading it: named, and local unless downloads are allowed."""
     name = data_cfg.get("dataset")
     if name in (None, "", "???"):
         raise ConfigError("data.dataset: required for data=hf_text (a hub name or a local directory)")
+    if not Path(str(name)).expanduser().is_dir() and not bool(data_cfg.get("download", False)):
+        raise ConfigError(f"data.dataset: {name} is not a local directory; set data.download=true to fetch it "
+                          "from the Hugging Face hub")
+
+
+def _load(data_cfg, cache_dir: Path | None):
+    """The DatasetDict (or Dataset) behind ``data.dataset``."""
+    check_source(data_cfg)
+    name = data_cfg.dataset
     subset = data_cfg.get("subset") or None
     local = Path(str(name)).expanduser()
     try:
@@ -32,12 +41,7 @@ def _load(data_cfg, cache_dir: Path | None):
             return datasets.load_from_disk(str(local))
         if local.is_dir():
             return datasets.load_dataset(str(local), subset)
-        if not bool(data_cfg.get("download", False)):
-            raise ConfigError(f"data.dataset: {name} is not a local directory; set data.download=true to fetch it "
-                              "from the Hugging Face hub")
         return datasets.load_dataset(str(name), subset, cache_dir=str(cache_dir) if cache_dir else None)
-    except ConfigError:
-        raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types (missing config, bad files, network)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"data.dataset: cannot load {name}" + (f" (subset {subset})" if subset else "")
