@@ -33,7 +33,7 @@ ARMS = [
     ("synthetic replace 0.5", ["+exp=synthetic", "synth.mode=replace", "level=0.5"]),
     ("synthetic replace 1.0", ["+exp=synthetic", "synth.mode=replace", "level=1.0"]),
     ("synthetic add 0.5", ["+exp=synthetic", "synth.mode=add", "level=0.5"]),
-    ("synthetic filtered 0.5", ["+exp=synthetic", "synth.mode=filtered", "level=0.5"]),
+    ("synthetic add+filter 0.5", ["+exp=synthetic", "synth.mode=add", "synth.filter=true", "level=0.5"]),
 ]
 
 

@@ -257,3 +257,12 @@ def test_t_interval_matches_scipy_and_n1_has_no_interval():
     assert (got["ci_low"], got["ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
     one = rstats.t_interval([0.3])
     assert one["mean"] == 0.3 and one["n"] == 1 and math.isnan(one["ci_low"]) and math.isnan(one["ci_high"])
+
+
+def test_an_older_runs_filtered_variant_is_the_add_filter_category():
+    """Runs of the former third mode and of add + filter are one category, not two."""
+    runs = pd.DataFrame({"arm": ["synthetic"] * 4, "variant": ["filtered", "add+filter", "add", None],
+                         "model": "m", "data": "d", "recipe": "r"})
+    out = annotate(runs)
+    assert out["category"].tolist() == ["synthetic:add+filter", "synthetic:add+filter", "synthetic:add", "synthetic"]
+    assert out["variant"].tolist() == ["add+filter", "add+filter", "add", ""]

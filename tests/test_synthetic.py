@@ -54,7 +54,7 @@ def test_replace_keeps_size_and_class_counts(p):
     assert len(out) == len(real)
     assert torch.equal(torch.bincount(out.labels), torch.bincount(real.labels))  # stratified, labels kept
     n_syn = round(p * len(real))
-    assert out.info == {"mode": "replace", "p": p, "generator": "pca_gmm", "n_real": 60 - n_syn, "n_synthetic": n_syn}
+    assert out.info == {"mode": "replace", "filter": False, "p": p, "generator": "pca_gmm", "n_real": 60 - n_syn, "n_synthetic": n_syn}
     assert out.is_synthetic.sum() == n_syn
     # real rows untouched, replaced rows differ from what they replaced
     keep = ~out.is_synthetic
@@ -97,18 +97,45 @@ class _HalfWrong(Generator):
         return torch.stack(xs), torch.tensor(ys)
 
 
-def test_filtered_drops_images_the_real_classifier_rejects():
+def test_add_filter_drops_images_the_real_classifier_rejects():
     real = _real()
     out = build_synthetic_train(
-        real, {"mode": "filtered", "p": 0.5, "filter": {"threshold": 0.6, "oversample": 2.0}},
+        real, {"mode": "add", "filter": True, "p": 0.5, "threshold": 0.6, "oversample": 2.0},
         seed=0, num_classes=3, generator=_HalfWrong({}),
     )
     assert out.info["n_synthetic"] == 30 and len(out) == 90
+    assert (out.info["mode"], out.info["filter"], out.info["threshold"]) == ("add", True, 0.6)
     assert torch.bincount(out.labels[60:]).tolist() == [15, 10, 5]
     # each kept image is a real image of the class it is labelled with (mislabelled ones dropped)
     for x, y in zip(out.images[60:], out.labels[60:]):
         same = (real.images == x).flatten(1).all(1)
         assert set(real.labels[same].tolist()) == {int(y)}
+
+
+def test_filtered_is_an_alias_for_add_with_filter():
+    real = _real()
+    knobs = {"p": 0.5, "threshold": 0.6, "oversample": 2.0}
+    alias = build_synthetic_train(real, {"mode": "filtered", **knobs}, seed=0, num_classes=3, generator=_HalfWrong({}))
+    spelled = build_synthetic_train(real, {"mode": "add", "filter": True, **knobs}, seed=0, num_classes=3, generator=_HalfWrong({}))
+    assert alias.info == spelled.info and alias.info["mode"] == "add"
+    assert torch.equal(alias.images, spelled.images) and torch.equal(alias.labels, spelled.labels)
+    assert np.array_equal(alias.real_index, spelled.real_index)
+
+
+def test_replace_from_a_short_filtered_pool_keeps_the_real_share():
+    """Half the pool is mislabelled and there is no oversampling: the rows it cannot fill are dropped."""
+    real = _real()
+    out = build_synthetic_train(
+        real, {"mode": "replace", "filter": True, "p": 0.5, "threshold": 0.6, "oversample": 1.0},
+        seed=0, num_classes=3, generator=_HalfWrong({}),
+    )
+    kept = [8, 5, 3]  # the even (correct) outputs of 15, 10, 5 asked for
+    assert out.info["n_synthetic"] == sum(kept) and out.info["n_real"] == 30  # (1 - p) of the 60 real images
+    assert torch.bincount(out.labels).tolist() == [30 - 15 + 8, 20 - 10 + 5, 10 - 5 + 3]
+    real_rows = ~out.is_synthetic
+    assert torch.equal(out.images[real_rows], real.images[out.real_index[real_rows]])
+    assert torch.equal(out.labels, real.labels[out.real_index])  # a generated row stands for a real one of its class
+    assert out.fidelity_rows.all() and len(out.real_index) == len(out) == 46
 
 
 def test_bad_mode_and_p_name_the_key():
@@ -119,8 +146,12 @@ def test_bad_mode_and_p_name_the_key():
         build_synthetic_train(real, {"mode": "replace", "p": 1.5, "generator": OFFLINE}, seed=0)
     with pytest.raises(ValueError, match="synth.p: 'lots' is not a number"):
         build_synthetic_train(real, {"mode": "add", "p": "lots", "generator": OFFLINE}, seed=0)
-    with pytest.raises(ValueError, match="synth.filter.threshold"):
-        build_synthetic_train(real, {"mode": "filtered", "p": 0.5, "filter": {"threshold": 2}, "generator": OFFLINE}, seed=0)
+    with pytest.raises(ValueError, match="synth.threshold"):
+        build_synthetic_train(real, {"mode": "filtered", "p": 0.5, "threshold": 2, "generator": OFFLINE}, seed=0)
+    with pytest.raises(ValueError, match="synth.filter: true or false; its threshold and oversample are synth.threshold"):
+        build_synthetic_train(real, {"mode": "add", "p": 0.5, "filter": {"threshold": 0.5}, "generator": OFFLINE}, seed=0)
+    with pytest.raises(ValueError, match="synth.filter: 'yes' is not true or false"):
+        build_synthetic_train(real, {"mode": "add", "p": 0.5, "filter": "yes", "generator": OFFLINE}, seed=0)
     with pytest.raises(ValueError, match="synth.generator.name"):
         build_synthetic_train(real, {"mode": "add", "p": 0.5, "generator": {"name": "gan"}}, seed=0)
 

@@ -19,7 +19,7 @@ attribute). A generated row (``train.is_synthetic``) has no real original; with
 (in embedding space, among up to ``align_pool`` real images drawn by seed), so a generator that
 reproduced real images would score 1; ``align: index`` uses ``train.real_index`` instead (the
 replaced image for ``replace``, a seeded same-class image for ``add``). Rho is taken over
-``train.fidelity_rows``: all rows by default, only the appended rows for ``add``/``filtered``.
+``train.fidelity_rows``: all rows by default, only the appended rows for ``add`` (with or without the filter).
 """
 
 from __future__ import annotations

@@ -18,8 +18,13 @@ import sys
 from pathlib import Path
 
 import hydra
+from omegaconf import OmegaConf
+
+from wdiv.variants import variant
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
+# configs/exp/synthetic.yaml names its run directories by the variant (aliases spelled out)
+OmegaConf.register_new_resolver("wdiv_synth_variant", variant, replace=True)
 
 log = logging.getLogger("wdiv.train")
 

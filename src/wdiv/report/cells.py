@@ -1,7 +1,8 @@
 """Who is compared with whom: study cells, categories, levels and baseline matching.
 
 A cell is (model, data, recipe): runs of different cells are never seeds of each other. A
-category is (arm, variant): synthetic replace / add / filtered are separate categories. A run's
+category is (arm, variant): synthetic replace / add / replace+filter / add+filter are separate
+categories (an older run's ``filtered`` is add+filter). A run's
 baseline is the baseline run of its cell with the same seed (and the same starting checkpoint,
 unless each run starts from its own initial weights, as from-scratch runs do).
 """
@@ -14,6 +15,8 @@ import re
 
 import numpy as np
 import pandas as pd
+
+from wdiv.variants import run_variant
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +61,7 @@ def annotate(runs: pd.DataFrame) -> pd.DataFrame:
         out[key] = out[key].map(label) if key in out else ""
     out["recipe"] = out["recipe"].map(lambda r: label(r) or NO_RECIPE) if "recipe" in out else NO_RECIPE
     out["cell"] = [cell_id(*k) for k in out[list(CELL_KEYS)].itertuples(index=False)]
-    out["variant"] = out["variant"].map(label) if "variant" in out else ""
+    out["variant"] = out["variant"].map(lambda v: run_variant(label(v))) if "variant" in out else ""
     out["category"] = [category_of(a, v) for a, v in zip(out["arm"], out["variant"])]
     return out
 

@@ -30,6 +30,7 @@ from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
 from wdiv.training.recipe import recipe, semantic
 from wdiv.training.splits import data_id
 from wdiv.training.validate import NUMERIC_ARMS, validate
+from wdiv.variants import variant
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,14 @@ def describe(cfg) -> dict:
             level = float(level)
         except (TypeError, ValueError):
             pass
-    synth_mode = str(cfg.synth.get("mode", "none")) if cfg.get("synth") is not None else "none"
-    if synth_mode != "none" and cfg.synth.get("filter") is True:  # text: mode and filter are two knobs
-        synth_mode += "+filter"
+    synth = cfg.get("synth")
+    synth_variant = None if synth is None else variant(synth.get("mode", "none"), synth.get("filter", False))
     return {
         "exp": str(cfg.exp_name),
         "arm": str(cfg.arm),
         "level": level,
         "level_index": level_index(level, list(cfg.get("levels") or [])),
-        "variant": None if synth_mode == "none" else synth_mode,
+        "variant": synth_variant,
         "seed": int(cfg.seed),
         "model": str(cfg.model.id),
         "data": data_id(cfg.data),

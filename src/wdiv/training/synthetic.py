@@ -1,13 +1,19 @@
 """The synthetic arm: mix generated images into the real training split, before augmentation.
 
-Modes (``synth.mode``), p = ``synth.p``:
+Two knobs, as for text, p = ``synth.p``:
 
-* ``replace``: a fraction p of the real images is replaced by generated images of the same
-  class (stratified per class), so the set keeps its size; p = 1 is 100 % synthetic;
-* ``add``: round(p x |real|) generated images (class proportions of the real set) are appended;
-* ``filtered``: as ``add``, from a pool ``filter.oversample`` times larger, after dropping the
-  generated images that a classifier fitted on the real split labels wrongly or with confidence
-  below ``filter.threshold``.
+* ``synth.mode=replace``: a fraction p of the real images (a seeded choice per class) is
+  replaced by generated images of the same class, so the set keeps its size; p = 1 is 100 %
+  synthetic;
+* ``synth.mode=add``: round(p x |real|) generated images (class proportions of the real set)
+  are appended;
+* ``synth.filter=true``: the generated images come from a pool ``synth.oversample`` times
+  larger, after dropping those that a classifier fitted on the real split labels wrongly or
+  with confidence below ``synth.threshold``. ``replace`` then keeps (1 - p) of the real images
+  plus up to p |real| filtered ones, so the set is smaller when the filtered pool runs short
+  (the study's "replace from the filtered pool at real share q" is replace + filter at p = 1 - q).
+
+``synth.mode=filtered`` (the arm's former third mode) is an alias for add + filter.
 
 The returned dataset yields ``(uint8 [C, H, W], int label)`` like the real one, and records
 ``info`` (run.json ``synth``) plus the row alignment ``wdiv.diversity`` uses for fidelity:
@@ -27,11 +33,10 @@ from torch.utils.data import Dataset
 
 from wdiv.errors import ConfigError
 from wdiv.training.generators import cached_generate, make_generator
+from wdiv.variants import ALIASES, MODES, canonical
 
 log = logging.getLogger(__name__)
 
-MODES = ("replace", "add", "filtered")
-FILTER_DEFAULTS = {"threshold": 0.5, "oversample": 2.0}
 
 
 class SyntheticTrainSet(Dataset):
@@ -73,20 +78,7 @@ def build_synthetic_train(
     ``generator`` overrides the one ``synth_cfg.generator`` names (tests, custom pipelines).
     """
     cfg = _plain(synth_cfg)
-    mode, p = cfg.get("mode"), cfg.get("p")
-    if mode not in MODES:
-        raise ConfigError(f"synth.mode: unknown mode {mode!r} (known: none, {', '.join(MODES)})")
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        raise ConfigError(f"synth.p: {p!r} is not a number") from None
-    if not 0.0 <= p <= (1.0 if mode == "replace" else math.inf):
-        raise ConfigError(f"synth.p: {p!r} out of range for mode {mode} (replace: 0..1, add/filtered: >= 0)")
-    filt = {**FILTER_DEFAULTS, **(cfg.get("filter") or {})}
-    if not 0.0 <= float(filt["threshold"]) <= 1.0:
-        raise ConfigError(f"synth.filter.threshold: {filt['threshold']!r} is outside [0, 1]")
-    if not float(filt["oversample"]) >= 1.0:
-        raise ConfigError(f"synth.filter.oversample: {filt['oversample']!r} is below 1")
+    mode, filt, p, threshold, oversample = _knobs(cfg)
     images, labels = _materialise(real_train)
     k = int(num_classes or int(labels.max()) + 1)
     class_counts = np.bincount(labels.numpy(), minlength=k)
@@ -94,21 +86,54 @@ def build_synthetic_train(
     class_names = class_names or getattr(real_train, "classes", None)
 
     gen = generator if generator is not None else make_generator(cfg.get("generator") or {})
-    pool = [math.ceil(w * float(filt["oversample"])) for w in wanted] if mode == "filtered" else wanted
+    pool = [math.ceil(w * oversample) for w in wanted] if filt else wanted
     syn_x, syn_y = cached_generate(gen, images, labels, pool, seed=seed, cache_dir=cache_dir, class_names=class_names)
     syn_x = _match(syn_x, images.shape[1:])
-    if mode == "filtered":
-        syn_x, syn_y = _filter(images, labels, syn_x, syn_y, wanted, float(filt["threshold"]), seed)
+    if filt:
+        syn_x, syn_y = _filter(images, labels, syn_x, syn_y, wanted, threshold, seed)
 
     rng = np.random.default_rng(seed)
     if mode == "replace":
-        out = _replace(images, labels, syn_x, syn_y, rng)
+        out = _replace(images, labels, syn_x, syn_y, wanted, rng)
     else:
         out = _append(images, labels, syn_x, syn_y, rng)
     n_syn = int(out["is_synthetic"].sum())
-    info = {"mode": mode, "p": p, "generator": gen.name, "n_real": len(out["labels"]) - n_syn, "n_synthetic": n_syn}
+    info = {"mode": mode, "filter": filt, "p": p, "generator": gen.name, "n_real": len(out["labels"]) - n_syn, "n_synthetic": n_syn}
+    if filt:
+        info |= {"threshold": threshold, "oversample": oversample}
     log.info("synthetic training set: %s", info)
     return SyntheticTrainSet(**out, info=info, classes=class_names)
+
+
+def _knobs(cfg: dict[str, Any]) -> tuple[str, bool, float, float, float]:
+    """(mode, filter, p, threshold, oversample), each checked; one line naming the bad key."""
+    given = cfg.get("mode")
+    if given not in MODES and given not in ALIASES:
+        raise ConfigError(f"synth.mode: unknown mode {given!r} (known: none, replace, add; filtered = add with synth.filter=true)")
+    filt = cfg.get("filter", False)
+    if isinstance(filt, Mapping):  # the former filter: {threshold, oversample}
+        raise ConfigError("synth.filter: true or false; its threshold and oversample are synth.threshold and synth.oversample")
+    if not isinstance(filt, bool):
+        raise ConfigError(f"synth.filter: {filt!r} is not true or false")
+    mode, filt = canonical(given, filt)
+    if given in ALIASES:
+        log.info("synth.mode=%s is %s with synth.filter=true", given, mode)
+    try:
+        p = float(cfg.get("p"))
+    except (TypeError, ValueError):
+        raise ConfigError(f"synth.p: {cfg.get('p')!r} is not a number") from None
+    if not 0.0 <= p <= (1.0 if mode == "replace" else math.inf):
+        raise ConfigError(f"synth.p: {p!r} out of range for mode {mode} (replace: 0..1, add: >= 0)")
+    threshold, oversample = cfg.get("threshold", 0.5), cfg.get("oversample", 2.0)
+    try:
+        threshold, oversample = float(threshold), float(oversample)
+    except (TypeError, ValueError):
+        raise ConfigError(f"synth.threshold / synth.oversample: {threshold!r} / {oversample!r} are not numbers") from None
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"synth.threshold: {threshold!r} is outside [0, 1]")
+    if not oversample >= 1.0:
+        raise ConfigError(f"synth.oversample: {oversample!r} is below 1")
+    return mode, filt, p, threshold, oversample
 
 
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,25 +201,33 @@ def _filter(real_x, real_y, syn_x, syn_y, wanted, threshold, seed):
     for c, w in enumerate(wanted):
         rows = np.flatnonzero(ok & (y == c))[:w]
         if len(rows) < w:
-            log.warning("synth filtered: class %d kept %d of %d wanted generated images", c, len(rows), w)
+            log.warning("synth filter: class %d kept %d of %d wanted generated images", c, len(rows), w)
         keep.append(rows)
     keep = np.concatenate(keep) if keep else np.zeros(0, dtype=int)
-    log.info("synth filtered: kept %d of %d generated images (threshold %.2f)", len(keep), len(y), threshold)
+    log.info("synth filter: kept %d of %d generated images (threshold %.2f)", len(keep), len(y), threshold)
     return syn_x[keep], syn_y[keep]
 
 
-def _replace(real_x, real_y, syn_x, syn_y, rng):
-    """Replace, in each class, a seeded choice of real images by that class's generated ones."""
+def _replace(real_x, real_y, syn_x, syn_y, wanted, rng):
+    """Per class, ``wanted[c]`` seeded real images go; that class's generated ones take their places.
+
+    When the filtered pool ran short, the real images it could not replace are dropped, so the
+    real share stays 1 - p.
+    """
     images, labels = real_x.clone(), real_y.clone()
-    is_syn = np.zeros(len(real_y), dtype=bool)
-    y, sy = real_y.numpy(), syn_y.numpy()
-    for c in np.unique(sy):
-        src = np.flatnonzero(sy == c)
-        dst = rng.permutation(np.flatnonzero(y == c))[: len(src)]
-        images[dst] = syn_x[src]
-        is_syn[dst] = True
     n = len(real_y)
-    return dict(images=images, labels=labels, is_synthetic=is_syn, real_index=np.arange(n), fidelity_rows=np.ones(n, dtype=bool))
+    is_syn, keep = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+    y, sy = real_y.numpy(), syn_y.numpy()
+    for c in np.flatnonzero(np.asarray(wanted) > 0):
+        src = np.flatnonzero(sy == c)
+        dst = rng.permutation(np.flatnonzero(y == c))[: wanted[c]]
+        images[dst[: len(src)]] = syn_x[src[: len(dst)]]
+        is_syn[dst[: len(src)]] = True
+        keep[dst[len(src) :]] = False
+    rows = np.flatnonzero(keep)
+    if len(rows) < n:
+        images, labels = images[rows], labels[rows]
+    return dict(images=images, labels=labels, is_synthetic=is_syn[rows], real_index=rows, fidelity_rows=np.ones(len(rows), dtype=bool))
 
 
 def _append(real_x, real_y, syn_x, syn_y, rng):

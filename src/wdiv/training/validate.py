@@ -96,7 +96,7 @@ def check_label(cfg) -> None:
         if not _same(value, level):
             raise ConfigError(f"{knob}={_show(value)} disagrees with level={_show(level)}: set level={_show(value)} instead (the {arm} arm's level sets {knob})")
     if arm == "synthetic" and str(_get(cfg, "synth.mode")) == "none":
-        raise ConfigError("synth.mode=none: the synthetic arm mixes in synthetic data (replace, add or filtered; synth=offline or synth=folder)")
+        raise ConfigError("synth.mode=none: the synthetic arm mixes in synthetic data (replace or add, synth.filter true or false; synth=offline or synth=folder)")
     for key, (owner, off) in OFF.items():
         if owner == arm:
             continue

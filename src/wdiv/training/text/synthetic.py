@@ -35,10 +35,9 @@ import numpy as np
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_json, write_text
 from wdiv.training.text.files import read_table
+from wdiv.variants import MODES
 
 log = logging.getLogger(__name__)
-
-MODES = ("replace", "add")
 
 
 def apportion(total: int, class_counts: np.ndarray) -> list[int]:
