@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--plot", action="store_true", help="one ESD PNG per layer under esd/ beside the csv")
     o.add_argument("--save-esd", action="store_true",
                    help="esd.npz beside spectra.csv (esd_base.npz with --base): the fitted eigenvalues of every row")
+    o.add_argument("--snapshots", action="store_true",
+                   help="also every training snapshot (run dir snapshots/epoch<E>/, trainer.snapshot_every), in place")
     o.add_argument("--force", action="store_true", help="redo outputs that are up to date")
     o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel (>= 1)")
     o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")

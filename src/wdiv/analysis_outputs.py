@@ -51,6 +51,7 @@ class Target:
     base: Path | None = None  # reference checkpoint, when deltas are wanted
     base_sha: str | None = None
     error: str | None = None  # set when the target cannot even be attempted
+    snapshot_of: Path | None = None  # the run dir of a training snapshot (analysed without a reference)
 
     @property
     def base_csv(self) -> Path:

@@ -3,7 +3,8 @@
 PATH is a weights file (safetensors or PyTorch, told apart by their bytes), a run directory, a
 checkpoint directory in the Hugging Face layout (model.safetensors, sharded *.safetensors with
 their index, pytorch_model.bin, sharded pytorch_model-*.bin with pytorch_model.bin.index.json,
-model.pt), or a tree of such directories (resume checkpoints/ excluded). argparse, not Hydra:
+model.pt), or a tree of such directories (resume checkpoints/ excluded; training snapshots/ only
+with --snapshots). argparse, not Hydra:
 Hydra would take the paths for overrides. Every option is checked before any file is read;
 the outputs and their record are wdiv.analysis_outputs'.
 """
@@ -37,6 +38,7 @@ log = logging.getLogger("wdiv.analyze")
 WEIGHT_FILE = "model.safetensors"
 SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 # Files whose folder is a checkpoint directory (wdiv.spectral.weights.find_checkpoint reads them).
+SNAPSHOTS = "snapshots"  # training snapshots of a run dir (wdiv.training.snapshots)
 MARKERS = ("model.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
            "model.pt")
 
@@ -53,8 +55,19 @@ def _dir_target(d: Path, out: str | None) -> Target:
     return Target(weights, csv, summ, run_dir=d if (d / "run.json").is_file() else None)
 
 
-def discover(paths: list[str], out: str | None = None) -> list[Target]:
-    """Expand the CLI paths into targets; a path with nothing to analyse becomes an error target."""
+def _snapshot_run(d: Path) -> Path | None:
+    """The run dir of ``<run>/snapshots/epoch<E>/`` (a run.json two levels up), else None."""
+    run = d.parent.parent
+    if d.parent.name == SNAPSHOTS and d.name.startswith("epoch") and (run / "run.json").is_file():
+        return run
+    return None
+
+
+def discover(paths: list[str], out: str | None = None, snapshots: bool = False) -> list[Target]:
+    """Expand the CLI paths into targets; a path with nothing to analyse becomes an error target.
+
+    Below a tree, resume checkpoints/ are never targets and training snapshots/ only with
+    ``snapshots`` (each analysed in place, without a reference: the report takes the run's)."""
     targets: list[Target] = []
     for raw in paths:
         p = Path(raw)
@@ -70,11 +83,14 @@ def discover(paths: list[str], out: str | None = None) -> list[Target]:
             found = [p]
         else:
             found = sorted({f.parent for marker in MARKERS for f in p.rglob(marker) if f.is_file()})
-            found = [d for d in found if "checkpoints" not in d.relative_to(p).parts]
+            found = [d for d in found if "checkpoints" not in d.relative_to(p).parts
+                     and (snapshots or SNAPSHOTS not in d.relative_to(p).parts)]
         if not found:
             targets.append(Target(p, p, p, error=f"{p}: no weights found (no {', '.join(MARKERS)} below it)"))
         for d in found:
-            targets.append(_dir_target(d, out if len(paths) == 1 and len(found) == 1 else None))
+            target = _dir_target(d, out if len(paths) == 1 and len(found) == 1 else None)
+            target.snapshot_of = _snapshot_run(d)
+            targets.append(target)
     return targets
 
 
@@ -94,7 +110,7 @@ def attach_bases(targets: list[Target], base: str) -> None:
     """--base: an explicit reference for every target, or 'auto' = run.json's pretrained.path."""
     shas: dict[Path, str] = {}
     for t in targets:
-        if t.error:
+        if t.error or t.snapshot_of is not None:  # a snapshot's reference is its run's
             continue
         if base != "auto":
             ref, sha = Path(base), None
@@ -257,7 +273,7 @@ def _finish(t: Target, opts, res: Outcome, base_res: Outcome | None) -> tuple[bo
 
 
 def _analyse_targets(args, opts) -> int:
-    targets = discover(args.paths, args.out)
+    targets = discover(args.paths, args.out, snapshots=args.snapshots)
     if args.out and len(targets) > 1:
         print(f"error: --out: needs a single checkpoint, {args.paths[0]} holds {len(targets)}", file=sys.stderr)
         return 2

@@ -24,12 +24,14 @@ Rule = dict[str, "set[str] | None"]
 # How a run is executed, not what it computes; a restarted command may change these.
 #   trainer.threads/device/num_workers: where and how parallel (the device used is run.json device)
 #   trainer.progress: tqdm bars; trainer.resume/stop_after_epoch: restart mechanics
+#   trainer.snapshot_every: copies of the weights along the way (run.json snapshots lists them)
 #   trainer.eval_batch_size: evaluation batching (the model is in eval mode: same predictions)
 #   paths: where runs, data and caches live; diversity: a measurement of the training set made
 #   before training, which does not touch the model; hydra: the launcher's own settings.
 # trainer.precision stays in: bf16 autocast and fp32 are different arithmetic.
 EXECUTION_KEYS: Rule = {
-    "trainer": {"threads", "device", "num_workers", "progress", "resume", "stop_after_epoch", "eval_batch_size"},
+    "trainer": {"threads", "device", "num_workers", "progress", "resume", "stop_after_epoch", "eval_batch_size",
+                "snapshot_every"},
     "paths": None,
     "diversity": None,
     "hydra": None,

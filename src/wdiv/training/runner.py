@@ -25,6 +25,7 @@ from wdiv import records
 from wdiv.errors import ConfigError, InputError
 from wdiv.io import write_json, write_text
 from wdiv.training.checkpoint import STATE, damaged, load_resume, load_weights, save_resume, save_weights
+from wdiv.training import snapshots
 from wdiv.training.interrupts import Interrupted
 from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
 from wdiv.training.recipe import recipe, semantic
@@ -126,6 +127,7 @@ def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
     if not resume:
         log.warning("trainer.resume=false: starting %s afresh", out_dir)
         shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(out_dir / snapshots.DIR, ignore_errors=True)
         for name in ("model.safetensors", INITIAL, "history.csv", "run.json"):
             (out_dir / name).unlink(missing_ok=True)
         return None
@@ -151,6 +153,9 @@ def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
     if reason:
         log.warning("%s; run.json says complete, redoing it from checkpoints/", reason)
         return None
+    every = int((resolved.get("trainer") or {}).get("snapshot_every") or 0)
+    if every and int((info.get("snapshots") or {}).get("every") or 0) != every:
+        log.warning("%s is complete without trainer.snapshot_every=%d snapshots; trainer.resume=false retrains it with them", out_dir, every)
     if "recipe" not in info:  # finished before run.json recorded it: same config, same recipe
         info.update(recipe(old))
         write_json(run_path, info)
@@ -167,7 +172,7 @@ def _damaged_output(out_dir: Path, info: dict) -> str | None:
         reason = records.check(out_dir / name, entry)  # no entry (older run): it must at least parse
         if reason:
             return f"{out_dir / name}: {reason}"
-    return None
+    return snapshots.damaged(out_dir, info)
 
 
 def _describe_outputs(out_dir: Path) -> dict:
@@ -297,7 +302,11 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         log.info("resuming %s after epoch %d", out_dir, progress.epoch)
     write_json(out_dir / "run.json", info)
 
+    every = int(cfg.trainer.get("snapshot_every") or 0)
+
     def checkpoint(p: Progress) -> None:
+        if snapshots.due(p.epoch, every):  # before the resume state: a kill in between replays this epoch
+            save_weights(model, out_dir / snapshots.relative_path(p.epoch))
         save_resume(ckpt_dir, model=model, optimizer=optimizer, epoch=p.epoch, step=p.step, history=p.history)
         write_history(out_dir / "history.csv", p.history)
 
@@ -328,6 +337,8 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     save_weights(model, out_dir / "model.safetensors")
     write_history(out_dir / "history.csv", progress.history)  # also when resumed at the last epoch
     info["files"] = _describe_outputs(out_dir)
+    if every or (out_dir / snapshots.DIR).is_dir():
+        info["snapshots"] = snapshots.describe(out_dir, every, progress.epoch)
     info["epochs_done"] = progress.epoch
     info["device"] = str(rt.device)
     info["wall_time_s"] = round(time.time() - start, 3)
