@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from wdiv.report import trajectories
 from wdiv.report.changes import build_changes, missing_lines, orphans_skipped
 from wdiv.report.collect import collect
 from wdiv.report.deltas import OPTIONAL_METRICS, SPECTRAL_METRICS
@@ -150,6 +151,9 @@ def main(argv=None) -> int:
             raise NoRuns("no complete analysed run found")
         changes = build_changes(collection, keep_unchanged=opts.keep_unchanged)
         report = build(collection, keep_unchanged=opts.keep_unchanged, across=opts.across)
+        report.trajectories = trajectories.build(report)
+        if report.trajectories is not None:
+            report.notes += report.trajectories.notes
     except NoBaselines:
         pass  # dM tables only
     except NoRuns as err:

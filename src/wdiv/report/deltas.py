@@ -33,7 +33,7 @@ def metrics_present(*tables: pd.DataFrame) -> list[str]:
     return [m for m in SPECTRAL_METRICS + OPTIONAL_METRICS if all(m in t.columns for t in tables)]
 
 
-def _layer_key(table: pd.DataFrame) -> pd.DataFrame:
+def layer_key(table: pd.DataFrame) -> pd.DataFrame:
     """longname plus its occurrence number, so per-slice rows (same longname) pair up in order."""
     out = table.reset_index(drop=True)
     out["slice_index"] = out.groupby("longname", sort=False).cumcount()
@@ -56,7 +56,7 @@ def layer_deltas(finetuned: pd.DataFrame, pretrained: pd.DataFrame, metrics: lis
     A layer whose shape differs from the reference (a replaced head, say) has no meaningful
     difference, so it is excluded and reported rather than compared.
     """
-    ft, pre = _layer_key(finetuned), _layer_key(pretrained)
+    ft, pre = layer_key(finetuned), layer_key(pretrained)
     shape = [c for c in SHAPE_COLUMNS if c in ft.columns and c in pre.columns]
     hashed = HASH in ft.columns and HASH in pre.columns
     extra = [HASH] if hashed else []

@@ -157,3 +157,23 @@ def esd_overlay(esds: Mapping[str, np.ndarray], title: str = "", bins: int | Non
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     return fig
+
+
+def trajectory_d(bands: pd.DataFrame, metric: str) -> Figure:
+    """Mean D of one metric against the training epoch, one line per category, with the 95 %
+    interval over seeds as a band (trajectory_bands.csv of one cell)."""
+    sub = bands[(bands["metric"] == metric) & (bands["category"] != BASELINE)]
+    fig, axes = _figure(1, 1, width=6.0, height=3.6)
+    ax = axes[0, 0]
+    for category in _arms(sub["category"]):
+        grp = sub[sub["category"] == category].sort_values("epoch")
+        line = ax.plot(grp["epoch"], grp["mean_D"], marker="o", ms=3, label=category)[0]
+        if grp["ci_low"].notna().any():
+            ax.fill_between(grp["epoch"], grp["ci_low"], grp["ci_high"], color=line.get_color(), alpha=0.2, lw=0)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_xlabel("epoch (0 = starting checkpoint)")
+    ax.set_ylabel(f"mean D({metric})")
+    if sub["category"].nunique():
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small", frameon=False)
+    fig.suptitle(f"D({metric}) during training (band: 95 % CI over seeds)")
+    return fig

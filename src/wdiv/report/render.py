@@ -15,6 +15,7 @@ import pandas as pd
 from wdiv.report.cells import label
 from wdiv.report.changes import Changes, missing_lines
 from wdiv.report.tables import CELL, OUTCOMES, Report
+from wdiv.report.trajectories import onset_lines as trajectory_onset_lines
 
 KEY_METRICS = ("log_norm", "log_spectral_norm", "alpha", "alpha_weighted", "stable_rank", "entropy")
 ALPHA = 0.05
@@ -206,6 +207,18 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
         lines += [text, ""]
     if changes is not None:
         lines += changes_lines(changes, with_d=True)
+    if report.trajectories is not None:
+        from_runs = report.trajectories.runs
+        lines += [
+            "## Spectral trajectories over training (trajectories.csv, trajectory_bands.csv, figures/trajectory_D_*)",
+            "",
+            f"{from_runs['run_id'].nunique()} runs kept snapshots (epochs {', '.join(str(e) for e in sorted(from_runs['epoch'].unique()))}; "
+            "0 = the starting checkpoint). D at an epoch = dM at that epoch minus the baseline's dM at the same epoch, "
+            "over the layers of the final tables; the first epoch at which the seeds' 95 % interval excludes 0:",
+            "",
+            *trajectory_onset_lines(report.trajectories, key),
+            "",
+        ]
     trend = report.trend[report.trend["metric"].isin(key)]
     lines += [
         "## Strength trend: Spearman of strength with layer-mean D, within each cell and category",
@@ -242,7 +255,8 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
         "sample schemes, column `samples`), level_trend.csv, correlations.csv, accuracy.csv, skipped.csv, "
         "excluded_layers.csv, summary.json, categories.tex, accuracy.tex, figures/"
         + (", changes.csv, missing_baselines.csv" if changes is not None else "")
-        + (", across_*.csv" if across_text else "") + ".",
+        + (", across_*.csv" if across_text else "")
+        + (", trajectories.csv, trajectory_bands.csv, trajectory_onsets.csv" if report.trajectories is not None else "") + ".",
         "",
     ]
     return "\n".join(lines)
@@ -283,6 +297,8 @@ def summary_json(report: Report, runs_dir: Path, changes: Changes | None = None)
         "headline": cells[0]["headline"] if len(cells) == 1 else [f"{c['cell']}: {c['headline']}" for c in cells],
         "n_excluded_layer_rows": int(len(report.excluded_layers)), "notes": report.notes,
         "across": sorted(report.across), "d_tables": True,
+        "trajectory_onsets": [] if report.trajectories is None else
+        [{k: _jsonable(v) for k, v in r.items()} for r in report.trajectories.onsets.to_dict("records")],
         "missing_baselines": [] if changes is None else
         [{k: _jsonable(v) for k, v in r.items()} for r in changes.missing.to_dict("records")],
     }

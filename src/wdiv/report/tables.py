@@ -59,6 +59,7 @@ class Report:
     run_dirs: dict[str, Path]
     across: dict = field(default_factory=dict)  # dims label -> across.AcrossResult
     run_files: dict[str, dict] = field(default_factory=dict)  # run_id -> its record's file entries
+    trajectories: object = None  # report.trajectories.Trajectories when runs kept training snapshots
 
 
 # ----------------------------------------------------------------------------- levels

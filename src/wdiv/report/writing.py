@@ -116,6 +116,11 @@ def cell_figures(report: Report, cell: str, metrics: list[str]) -> dict:
         out[f"level_D_{m}"] = figures.metric_vs_level(cats, m, "D")
     if "log_norm" in report.metrics:
         out["level_dM_log_norm"] = figures.metric_vs_level(cats, "log_norm", "dM")
+    if report.trajectories is not None:
+        bands = report.trajectories.bands[report.trajectories.bands["cell"] == cell]
+        for m in metrics:
+            if (bands["metric"] == m).any():
+                out[f"trajectory_D_{m}"] = figures.trajectory_d(bands, m)
     wvs = "diversity_weighted_vs"
     if wvs in runs.columns and runs[wvs].notna().any():
         out["accuracy_vs_weighted_vs"] = figures.accuracy_vs_diversity(runs, wvs)
@@ -174,6 +179,9 @@ def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[st
     }
     if changes is not None:
         tables |= {"changes.csv": changes.table, "missing_baselines.csv": changes.missing}
+    if report.trajectories is not None:
+        tables |= {"trajectories.csv": report.trajectories.runs, "trajectory_bands.csv": report.trajectories.bands,
+                   "trajectory_onsets.csv": report.trajectories.onsets}
     across_text = {}
     for dims, result in report.across.items():
         tag = dims.replace(",", "_")

@@ -153,6 +153,8 @@ def _previous(out_dir: Path, resolved: dict, resume: bool) -> dict | None:
     if reason:
         log.warning("%s; run.json says complete, redoing it from checkpoints/", reason)
         return None
+    if snapshots.repair(out_dir, info):
+        write_json(run_path, info)
     every = int((resolved.get("trainer") or {}).get("snapshot_every") or 0)
     if every and int((info.get("snapshots") or {}).get("every") or 0) != every:
         log.warning("%s is complete without trainer.snapshot_every=%d snapshots; trainer.resume=false retrains it with them", out_dir, every)
@@ -172,7 +174,7 @@ def _damaged_output(out_dir: Path, info: dict) -> str | None:
         reason = records.check(out_dir / name, entry)  # no entry (older run): it must at least parse
         if reason:
             return f"{out_dir / name}: {reason}"
-    return snapshots.damaged(out_dir, info)
+    return None
 
 
 def _describe_outputs(out_dir: Path) -> dict:

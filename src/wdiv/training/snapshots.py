@@ -9,9 +9,12 @@ analyses in place.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from wdiv import records
+
+log = logging.getLogger(__name__)
 
 DIR = "snapshots"
 WEIGHTS = "model.safetensors"
@@ -37,17 +40,37 @@ def describe(out_dir: Path, every: int, epochs_done: int) -> dict:
     entries = [{"epoch": 0, "weights": "pretrained"}]
     for epoch in range(1, epochs_done + 1):
         path = Path(out_dir) / relative_path(epoch)
-        if path.is_file():
+        if not path.is_file():
+            continue
+        try:
             entries.append({"epoch": epoch, "path": relative_path(epoch), **records.describe(path)})
+        except ValueError as err:  # cut short by a crash outside this run's atomic writes, say
+            _drop(path, str(err))
     return {"every": int(every), "epochs": entries}
 
 
-def damaged(out_dir: Path, info: dict) -> str | None:
-    """Why a recorded snapshot may not be used (naming the file), or None."""
-    for entry in (info.get("snapshots") or {}).get("epochs") or []:
+def repair(out_dir: Path, info: dict) -> bool:
+    """Drop the recorded snapshots that fail their record (naming each); True when any did.
+
+    A snapshot cannot be rewritten from the final resume state, and the run's final weights do
+    not depend on it, so the run stays complete without that epoch (its trajectory skips it);
+    ``trainer.resume=false`` retrains the run to write it again.
+    """
+    snaps = info.get("snapshots") or {}
+    bad = False
+    for entry in snaps.get("epochs") or []:
         if "path" not in entry:
             continue
-        reason = records.check(Path(out_dir) / entry["path"], entry)
+        path = Path(out_dir) / entry["path"]
+        reason = records.check(path, entry)
         if reason:
-            return f"{Path(out_dir) / entry['path']}: {reason}"
-    return None
+            _drop(path, reason)
+            bad = True
+    if bad:
+        info["snapshots"] = describe(out_dir, int(snaps.get("every") or 0), int(info.get("epochs_done") or 0))
+    return bad
+
+
+def _drop(path: Path, reason: str) -> None:
+    log.warning("%s: %s; snapshot removed (trainer.resume=false retrains the run to write it again)", path, reason)
+    path.unlink(missing_ok=True)
