@@ -6,11 +6,15 @@
     python scripts/run_study.py --arms baseline,weight_decay,synthetic --levels weight_decay=1e-4,1e-3 \
         --levels synthetic=0.5 --sweep synthetic:synth.mode=replace -- model=vit_micro trainer.epochs=1
                                                      # reduced grid; anything after -- goes to every train call
+    python scripts/run_study.py --snapshots 2 --soups   # + spectral trajectories and model soups
 
 Stage 1 runs one Hydra multirun per arm (`python -m wdiv.train -m +exp=ARM seed=...` with the
 joblib launcher, so n_jobs runs share the machine, each with cpu_count/n_jobs torch threads);
 the arm's grid comes from its exp file unless --levels narrows it. Stage 2 is
-`python -m wdiv.analyze RUNS_DIR --base`, stage 3 `python -m wdiv.report RUNS_DIR`. A failing
+`python -m wdiv.analyze RUNS_DIR --base`, stage 3 `python -m wdiv.report RUNS_DIR`. With
+--snapshots K every run keeps its weights every K epochs (trainer.snapshot_every=K) and stage 2
+analyses them too (--snapshots), so the report has trajectories; with --soups, `python -m
+wdiv.soup RUNS_DIR` makes uniform and greedy soups (one per arm) before stage 2. A failing
 arm does not stop the others: its runs are listed as failed in the report, and the script exits
 non-zero at the end. The wall time of every stage is printed.
 """
@@ -39,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="set any swept key of one arm (repeatable), e.g. synthetic:synth.mode=replace")
     parser.add_argument("--n-jobs", type=int, default=2, help="parallel training runs (joblib launcher)")
     parser.add_argument("--analyze-jobs", type=int, default=None, help="parallel analyses (default: n-jobs)")
+    parser.add_argument("--snapshots", type=int, default=0, metavar="K",
+                        help="keep the weights every K epochs and analyse them (report: trajectories); 0 = off")
+    parser.add_argument("--soups", action="store_true", help="uniform and greedy soups per arm (python -m wdiv.soup)")
     parser.add_argument("--skip-train", action="store_true", help="only analyse and report existing runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every train call (after --)")
@@ -52,6 +59,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--seeds {args.seeds!r}: comma-separated integers expected"
     if args.n_jobs < 1:
         return f"--n-jobs {args.n_jobs}: at least 1"
+    if args.snapshots < 0:
+        return f"--snapshots {args.snapshots}: 0 (off) or a number of epochs"
     if args.analyze_jobs is not None and args.analyze_jobs < 1:
         return f"--analyze-jobs {args.analyze_jobs}: at least 1"
     if args.runs_dir.exists() and not args.runs_dir.is_dir():
@@ -66,6 +75,8 @@ def train_command(arm: str, args: argparse.Namespace, sweeps: dict[str, dict[str
     cmd = [sys.executable, "-m", "wdiv.train", "-m", f"+exp={arm}", f"seed={args.seeds}",
            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}", f"trainer.threads={threads}",
            f"paths.runs_dir={args.runs_dir}"]
+    if args.snapshots:
+        cmd.append(f"trainer.snapshot_every={args.snapshots}")
     cmd += [f"{key}={values}" for key, values in sweeps.get(arm, {}).items()]
     return cmd + list(args.overrides)
 
@@ -125,8 +136,11 @@ def main(argv=None) -> int:
         for arm in arms:
             if run_stage(f"train {arm}", train_command(arm, args, sweeps), args.dry_run, timings):
                 failed.append(f"train {arm}")
+    if args.soups and run_stage("soups", [sys.executable, "-m", "wdiv.soup", str(args.runs_dir), "--group", "arm"],
+                                args.dry_run, timings):
+        failed.append("soups")
     analyze = [sys.executable, "-m", "wdiv.analyze", str(args.runs_dir), "--base", "--save-esd",
-               "--jobs", str(args.analyze_jobs or args.n_jobs)]
+               "--jobs", str(args.analyze_jobs or args.n_jobs)] + (["--snapshots"] if args.snapshots else [])
     if run_stage("analyze", analyze, args.dry_run, timings):
         failed.append("analyze")  # per-run failures; the report lists runs left without spectra
     if run_stage("report", [sys.executable, "-m", "wdiv.report", str(args.runs_dir)], args.dry_run, timings):
