@@ -410,3 +410,20 @@ def test_submitit_local_preemption_requeues_and_resumes(tmp_path, reference):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "complete"
     assert_same_weights(reference / "model.safetensors", run_dir / "model.safetensors")
+
+
+# ------------------------------------------------------------------ a bad grid point in a multirun
+
+
+def test_a_bad_grid_point_fails_alone_and_the_multirun_exits_nonzero(tmp_path):
+    """The bad point first: it must not end the multirun before the good one runs."""
+    proc = cli("-m", "+exp=dropout", "level=1.5,0.1", *TINY, f"paths.runs_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    good = json.loads((tmp_path / "dropout" / "p0.1" / "seed0" / "run.json").read_text())
+    assert good["status"] == "complete" and proc.stdout.startswith("complete dropout 0.1 seed 0 |")
+    bad = json.loads((tmp_path / "dropout" / "p1.5" / "seed0" / "run.json").read_text())
+    assert bad["status"] == "failed" and (bad["arm"], bad["level"]) == ("dropout", 1.5)
+    assert bad["error"] == "config error: model.dropout: 1.5 is outside [0.0, 1.0)"
+    lines = [line for line in proc.stderr.splitlines() if "model.dropout: 1.5" in line]
+    assert lines[0].endswith("config error: model.dropout: 1.5 is outside [0.0, 1.0)") and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dropout" / "p1.5" / "seed0" / "model.safetensors").exists()

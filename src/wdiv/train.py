@@ -6,7 +6,9 @@ train.yaml points Hydra's console handler there), the one result line to stdout.
 
 Exit status: 0 done; 2 a config error or a damaged file, one line naming the key or the file
 (a config error leaves no run directory behind); 130 / 143 interrupted by SIGINT / SIGTERM,
-one line, run.json status "interrupted", the same command resumes. Under submitit a SIGTERM or
+one line, run.json status "interrupted", the same command resumes. In a multirun (``-m``) a bad
+grid point fails only its own job: one line naming the key, its run.json says ``failed``, the
+other points run, and the multirun exits 1 at the end. Under submitit a SIGTERM or
 the preemption signal hands over to submitit, which requeues the job.
 """
 
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 from wdiv.variants import variant
@@ -29,6 +32,11 @@ OmegaConf.register_new_resolver("wdiv_synth_variant", variant, replace=True)
 log = logging.getLogger("wdiv.train")
 
 
+class PointFailed(CompactHydraException):
+    """One grid point of a multirun could not run. Raised rather than exiting, so the launcher
+    runs the other points; Hydra's sweeper re-raises the first after the batch (exit 1)."""
+
+
 def task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
@@ -36,19 +44,27 @@ def task(cfg) -> dict:
     from wdiv.training import interrupts
     from wdiv.training.runner import run, summary
 
+    from hydra.types import RunMode
+
     hc = HydraConfig.get()
     out_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     fresh = _only_hydra_files(out_dir, str(hc.job.name))
     with interrupts.catch() as catcher:
         try:
             info = run(cfg, out_dir)
         except ConfigError as err:
             log.error("config error: %s", err)
+            if multirun:  # this point fails on its own; the others still run
+                _record_failure(out_dir, cfg, f"config error: {err}")
+                raise PointFailed(f"{out_dir}: config error: {err}") from None
             if fresh:  # nothing of this run was written: leave no run directory behind
                 _remove_hydra_files(out_dir, str(hc.job.name), Path(str(cfg.paths.runs_dir)))
             sys.exit(2)
         except InputError as err:
             log.error("%s", err)
+            if multirun:
+                raise PointFailed(f"{out_dir}: {err}") from None
             sys.exit(2)
         except interrupts.Interrupted as stop:
             log.warning("%s; rerun the same command to resume", stop)
@@ -56,6 +72,19 @@ def task(cfg) -> dict:
             sys.exit(stop.exit_code)
     print(summary(info, out_dir), flush=True)
     return info
+
+
+def _record_failure(out_dir: Path, cfg, error: str) -> None:
+    """run.json ``failed`` for a grid point refused before it started, so the report lists it."""
+    from wdiv.io import write_json
+    from wdiv.training.runner import describe
+
+    try:
+        fields = describe(cfg)
+    except Exception:  # the config may be too broken to describe: the error says why
+        fields = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "run.json", {"status": "failed", **fields, "error": error})
 
 
 def _only_hydra_files(out_dir: Path, job_name: str) -> bool:
