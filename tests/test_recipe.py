@@ -197,3 +197,44 @@ def test_complete_run_from_before_the_recipe_gets_it_recorded_on_rerun(tmp_path)
     again = _run(tmp_path, *SCRATCH, "+exp=weight_decay", "trainer.threads=2")  # complete: nothing retrained
     assert again["recipe"] == first["recipe"] == json.loads((tmp_path / "run.json").read_text())["recipe"]
     assert again["metrics"] == first["metrics"]
+
+
+# ------------------------------------------------------------------ the model's own recipe
+
+
+def _resolved(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose_cfg(*overrides), resolve=True)
+
+
+@pytest.mark.parametrize("model", ["clip_vit_b32", "clip_rn50", "resnet18", "bert_base"])
+def test_hub_models_fine_tune_with_the_published_recipe(model):
+    r = _resolved(f"model={model}")
+    assert (r["optim"]["lr"], r["optim"]["schedule"], r["optim"]["warmup_epochs"]) == (1e-5, "constant", 0.0)
+    assert (r["trainer"]["epochs"], r["trainer"]["batch_size"]) == (5, 32)
+    # the model's recipe is the published one: the same cell as forcing it with optim=paper trainer=paper
+    assert recipe(r)["recipe"] == recipe(_resolved(f"model={model}", "optim=paper", "trainer=paper"))["recipe"]
+    assert "finetune" not in recipe(r)["recipe_config"]["model"]
+
+
+@pytest.mark.parametrize("model", ["vit_small32", "vit_micro", "cnn_small"])
+def test_builtin_models_keep_the_fast_recipe(model):
+    r = _resolved(f"model={model}")
+    assert (r["optim"]["lr"], r["optim"]["schedule"], r["trainer"]["epochs"], r["trainer"]["batch_size"]) == (1e-3, "cosine", 12, 16)
+    assert recipe(r)["recipe"] != recipe(_resolved(f"model={model}", "optim=paper", "trainer=paper"))["recipe"]
+
+
+def test_overrides_beat_the_model_recipe_and_a_far_larger_lr_is_named(caplog):
+    from wdiv.training.validate import validate
+
+    r = _resolved("model=clip_vit_b32", "optim.lr=1e-3", "trainer.epochs=2")
+    assert (r["optim"]["lr"], r["trainer"]["epochs"], r["trainer"]["batch_size"]) == (1e-3, 2, 32)
+    with caplog.at_level("WARNING", logger="wdiv.training.validate"):
+        validate(compose_cfg("model=clip_vit_b32", "optim.lr=1e-3"))
+    assert [r.getMessage() for r in caplog.records if "optim.lr" in r.getMessage()] == [
+        "optim.lr=0.001 is 100x the clip_vit_b32 recipe's lr 1e-05 (model.finetune.lr): full fine-tuning at that rate "
+        "can wreck the pretrained features"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="wdiv.training.validate"):
+        validate(compose_cfg("model=clip_vit_b32", "optim.lr=1e-4"))  # 10x: still within reason
+        validate(compose_cfg())
+    assert not [r for r in caplog.records if "optim.lr" in r.getMessage()]

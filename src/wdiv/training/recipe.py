@@ -37,6 +37,11 @@ EXECUTION_KEYS: Rule = {
     "hydra": None,
 }
 
+# Inputs of other keys: model.finetune is the model's recipe, and its values reach the run only
+# through optim.lr/schedule/warmup_epochs and trainer.epochs/batch_size, which are compared and
+# hashed themselves (so the recipe of a run is the same whether its lr came from there or not).
+DERIVED_KEYS: Rule = {"model": {"finetune"}}
+
 # Every arm's own knob, for all arms, and the run's identity inside its cell.
 #   arm, exp_name, level, levels, run_tag: which arm and level (run.json arm/level/level_index/exp)
 #   seed: a separate column; baselines are matched on recipe + seed
@@ -88,12 +93,12 @@ def without(config: dict, rule: Rule) -> dict:
 
 def semantic(config: dict) -> dict:
     """What a run computes: the resolved config without its execution-only keys."""
-    return without(config, EXECUTION_KEYS)
+    return without(config, merge(EXECUTION_KEYS, DERIVED_KEYS))
 
 
 def recipe_config(config: dict) -> dict:
     """The part of the resolved config the recipe hash covers."""
-    return without(config, merge(EXECUTION_KEYS, ARM_KEYS, CELL_KEYS))
+    return without(config, merge(EXECUTION_KEYS, DERIVED_KEYS, ARM_KEYS, CELL_KEYS))
 
 
 def recipe(config: dict) -> dict:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from wdiv.errors import ConfigError
+
+log = logging.getLogger(__name__)
+LR_WARN_RATIO = 10.0  # an lr this many times the model's recipe is very likely a mistake
 
 ARMS = ("baseline", "dropout", "weight_decay", "augment", "synthetic")
 NUMERIC_ARMS = ("dropout", "weight_decay", "synthetic")
@@ -31,6 +35,18 @@ def _number(key: str, value, low=None, high=None, *, high_open=False, integer=Fa
     return x
 
 
+def _warn_lr(cfg) -> None:
+    """A learning rate far above the model's recipe (model.finetune.lr) is logged, naming the key."""
+    finetune = cfg.model.get("finetune") if hasattr(cfg.model, "get") else None
+    recipe_lr = finetune.get("lr") if finetune is not None else None
+    if recipe_lr is None or float(recipe_lr) <= 0:
+        return
+    lr = float(cfg.optim.lr)
+    if lr > LR_WARN_RATIO * float(recipe_lr):
+        log.warning("optim.lr=%g is %.0fx the %s recipe's lr %g (model.finetune.lr): full fine-tuning at that rate "
+                    "can wreck the pretrained features", lr, lr / float(recipe_lr), cfg.model.id, float(recipe_lr))
+
+
 def validate(cfg) -> None:
     from wdiv.training.augment import parse_policy
     from wdiv.training.optim import OPTIMIZERS
@@ -45,6 +61,7 @@ def validate(cfg) -> None:
     _number("model.dropout", cfg.model.dropout, 0.0, 1.0, high_open=True)
     _number("optim.weight_decay", cfg.optim.weight_decay, 0.0)
     _number("optim.lr", cfg.optim.lr, 0.0)
+    _warn_lr(cfg)
     if cfg.optim.name not in OPTIMIZERS:
         raise ConfigError(f"optim.name: unknown optimizer {cfg.optim.name!r} ({', '.join(OPTIMIZERS)})")
     _number("trainer.epochs", cfg.trainer.epochs, 1, integer=True)
