@@ -25,7 +25,8 @@ def test_run_study_dry_run_builds_one_multirun_per_arm(tmp_path):
                     "--", "model=vit_micro")
     assert res.returncode == 0, res.stderr
     out = res.stdout
-    assert "runs to train: baseline 2, weight_decay 4, synthetic 4; total 10" in out
+    # synthetic sweeps two knobs (mode x filter): 2 modes x 2 filters x 1 level x 2 seeds
+    assert "runs to train: baseline 2, weight_decay 4, synthetic 8; total 14" in out
     assert "+exp=synthetic seed=0,1" in out and "level=0.5 synth.mode=replace,add" in out
     assert "-m +exp=baseline seed=0,1 hydra/launcher=joblib hydra.launcher.n_jobs=2" in out
     assert "+exp=weight_decay" in out and "level=1e-4,1e-3" in out and "model=vit_micro" in out
