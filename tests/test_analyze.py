@@ -157,16 +157,23 @@ def test_cli_jobs_gives_identical_outputs(tmp_path):
 
 
 def test_farms_column_is_the_fit_of_the_pooled_window_esd():
-    from wdiv.spectral.farms import farms_fit
+    from wdiv.spectral.farms import farms_fit, median_fit
+    from wdiv.spectral.options import FarmsOptions
 
     m = make_model()
     df = analyze(m, farms=True, farms_window=12).set_index("longname")
     assert df.alpha_farms.notna().all()
-    expected = farms_fit(m.fc1.weight.detach().numpy(), window=12)["alpha"]
+    settings = FarmsOptions(window=12).settings()
+    expected = farms_fit(m.fc1.weight.detach().numpy(), settings)["alpha"]
     assert df.loc["fc1", "alpha_farms"] == pytest.approx(expected, rel=1e-9)
-    # a window larger than a layer's matrix: that layer's alpha_farms is empty, the rest analysed
-    big = analyze(m, farms=True, farms_window=16).set_index("longname")
-    assert np.isnan(big.loc["conv", "alpha_farms"]) and big.loc["fc1", "alpha_farms"] > 0
+    slices = m.conv.weight.detach().permute(2, 3, 0, 1).reshape(9, 16, 12).numpy()
+    assert df.loc["conv", "alpha_farms"] == pytest.approx(farms_fit(slices, settings, conv=True)["alpha"], rel=1e-9)
+    # the default preset's m=100 exceeds fc1 (48 x 64): rows all taken, columns as the reference's
+    # slice W[:, 64-100:64] reads them (the last 36)
+    big = analyze(m, farms=True).set_index("longname")
+    w = m.fc1.weight.detach().double().numpy()[:, 28:]
+    ref = median_fit(np.linalg.svd(w, compute_uv=False) ** 2)["alpha"]
+    assert big.loc["fc1", "alpha_farms"] == pytest.approx(ref, rel=1e-9)
     assert "alpha_farms" not in analyze(m)
 
 

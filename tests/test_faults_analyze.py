@@ -254,7 +254,10 @@ BAD_OPTIONS = [
     (["--max-N", "0"], "--max-N"),
     (["--farms", "--farms-window", "0"], "--farms-window"),
     (["--farms", "--farms-windows-per-dim", "-2"], "--farms-windows-per-dim"),
-    (["--farms", "--farms-aspect-ratio", "0.5"], "--farms-aspect-ratio"),
+    (["--farms", "--farms-aspect-ratio", "0"], "--farms-aspect-ratio"),  # Q < 1 is the reference's too; 0 is not
+    (["--farms", "--farms-preset", "nope"], "--farms-preset"),
+    (["--farms", "--farms-xmin", "mid"], "--farms-xmin"),
+    (["--farms-preset", "imagecls"], "--farms-preset"),  # without --farms
     (["--farms", "--farms-aspect-ratio", "nan"], "--farms-aspect-ratio"),
     (["--farms-window", "8"], "--farms-window"),  # without --farms it would be silently ignored
     (["--device", "gpu"], "--device"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from wdiv.errors import ConfigError
+from wdiv.spectral.farms import DEFAULT_PRESET as FARMS_DEFAULT, PRESETS as FARMS_PRESETS, XMIN_RULES as FARMS_XMIN
 from wdiv.spectral.options import AnalyzeOptions, FarmsOptions
 from wdiv.spectral.weights import find_checkpoint
 
@@ -43,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-mp-fit", action="store_true", help="skip the Marchenko-Pastur fit")
     g.add_argument("--randomize", action="store_true", help="also analyse element-permuted W")
     g.add_argument("--seed", type=int, default=0, help="seed of --randomize / --farms (default 0)")
-    g.add_argument("--farms", action="store_true", help="alpha_farms: fixed-aspect-ratio submatrix ESD")
-    g.add_argument("--farms-window", type=int, default=None, help="FARMS submatrix rows (>= 1)")
-    g.add_argument("--farms-windows-per-dim", type=int, default=None, help="FARMS windows per dimension (>= 1)")
-    g.add_argument("--farms-aspect-ratio", type=float, default=None, help="FARMS submatrix aspect ratio (>= 1)")
+    g.add_argument("--farms", action="store_true", help="alpha_farms: fixed-aspect-ratio submatrix ESD (FARMS)")
+    g.add_argument("--farms-preset", choices=list(FARMS_PRESETS), default=None,
+                   help=f"the FARMS reference's experiment setting (default {FARMS_DEFAULT})")
+    g.add_argument("--farms-window", type=int, default=None, help="FARMS window rows m (>= 1; over the preset)")
+    g.add_argument("--farms-windows-per-dim", type=int, default=None, help="FARMS window starts per dimension (>= 1)")
+    g.add_argument("--farms-aspect-ratio", type=float, default=None, help="FARMS window columns / rows Q (> 0)")
+    g.add_argument("--farms-xmin", choices=list(FARMS_XMIN), default=None,
+                   help="FARMS xmin rule: median, peak (the reference's) or ks (WeightWatcher's)")
     s = p.add_argument_group("layers")
     s.add_argument("--pool", dest="pool", action="store_true", default=True, help="one ESD per conv layer (default)")
     s.add_argument("--per-slice", dest="pool", action="store_false", help="one row per conv kernel slice")
@@ -75,7 +80,9 @@ def options_from_args(args) -> AnalyzeOptions:
     return AnalyzeOptions(
         fit=args.fit, xmax=args.xmax, fix_fingers=args.fix_fingers, mp_fit=not args.no_mp_fit,
         randomize=args.randomize, seed=args.seed, farms=args.farms,
-        farms_options=FarmsOptions(args.farms_window, args.farms_windows_per_dim, args.farms_aspect_ratio),
+        farms_options=FarmsOptions(preset=args.farms_preset, window=args.farms_window,
+                                   windows_per_dim=args.farms_windows_per_dim,
+                                   aspect_ratio=args.farms_aspect_ratio, xmin=args.farms_xmin),
         pool=args.pool, include=args.include, exclude=args.exclude, min_evals=args.min_evals,
         max_evals=args.max_evals, max_N=args.max_N, device=args.device)
 
@@ -84,7 +91,8 @@ def options_from_args(args) -> AnalyzeOptions:
 FLAGS = {"fit": "--fit", "xmax": "--xmax", "fix_fingers": "--fix-fingers", "include": "--include",
          "exclude": "--exclude", "min_evals": "--min-evals", "max_evals": "--max-evals", "max_N": "--max-N",
          "device": "--device", "farms_window": "--farms-window", "farms_windows_per_dim": "--farms-windows-per-dim",
-         "farms_aspect_ratio": "--farms-aspect-ratio"}
+         "farms_aspect_ratio": "--farms-aspect-ratio",
+         "farms_preset": "--farms-preset", "farms_xmin": "--farms-xmin"}
 
 
 def check_args(args):
@@ -97,8 +105,10 @@ def check_args(args):
             raise ConfigError(f"--out: needs a single checkpoint, got {len(args.paths)} paths")
         if Path(args.out).is_dir():
             raise ConfigError(f"--out: {args.out} is a directory (give the csv's path)")
-    farms = [flag for flag, v in (("--farms-window", args.farms_window), ("--farms-windows-per-dim",
-             args.farms_windows_per_dim), ("--farms-aspect-ratio", args.farms_aspect_ratio)) if v is not None]
+    farms = [flag for flag, v in (("--farms-preset", args.farms_preset), ("--farms-window", args.farms_window),
+                                  ("--farms-windows-per-dim", args.farms_windows_per_dim),
+                                  ("--farms-aspect-ratio", args.farms_aspect_ratio),
+                                  ("--farms-xmin", args.farms_xmin)) if v is not None]
     if farms and not args.farms:
         raise ConfigError(f"{farms[0]}: needs --farms")
     if args.base not in (None, "auto"):

@@ -78,8 +78,10 @@ class Outcome:
 
 
 def esd_key(row: dict) -> str:
-    """The esd.npz key of a table row: its longname, plus '#slice<k>' for --per-slice rows."""
-    return row["longname"] if "slice_id" not in row else f"{row['longname']}#slice{int(row['slice_id'])}"
+    """The esd.npz key of a table row: its longname, plus '#slice<k>' for --per-slice rows and
+    '#merged' for an adapter's W + dW rows."""
+    key = row["longname"] if "slice_id" not in row else f"{row['longname']}#slice{int(row['slice_id'])}"
+    return key + "#merged" if row.get("matrix") == "merged" else key
 
 
 def esd_path(csv: Path) -> Path:
@@ -136,8 +138,11 @@ def summary_dict(df, meta: dict) -> dict:
     """WeightWatcher get_summary-style means (failed fits excluded) + what produced them."""
     from wdiv.spectral import metrics
 
-    means = metrics.summarize(df)
+    merged = df[df["matrix"] == "merged"] if "matrix" in df else None  # an adapter's W + dW rows
+    means = metrics.summarize(df if merged is None else df[df["matrix"] != "merged"])
     out = {k: _jsonable(v) for k, v in dict(means).items()}
+    if merged is not None and len(merged):
+        out["merged"] = {k: _jsonable(v) for k, v in metrics.summarize(merged).items()}
     out["wdiv"] = meta
     return out
 

@@ -31,7 +31,7 @@ from wdiv.analysis_outputs import Outcome, Target, esd_key, outputs_for, record_
 from wdiv.analysis_args import build_parser, check_args
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file
-from wdiv.spectral.weights import checkpoint_files, find_checkpoint
+from wdiv.spectral.weights import ADAPTER_CONFIG, checkpoint_files, find_adapter, find_checkpoint
 
 log = logging.getLogger("wdiv.analyze")
 
@@ -40,7 +40,7 @@ SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 # Files whose folder is a checkpoint directory (wdiv.spectral.weights.find_checkpoint reads them).
 SNAPSHOTS = "snapshots"  # training snapshots of a run dir (wdiv.training.snapshots)
 MARKERS = ("model.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-           "model.pt")
+           "model.pt", ADAPTER_CONFIG)  # the last: a PEFT adapter directory (wdiv.spectral.lora)
 
 
 # ------------------------------------------------------------------ discovery
@@ -79,10 +79,11 @@ def discover(paths: list[str], out: str | None = None, snapshots: bool = False) 
         if not p.is_dir():
             targets.append(Target(p, p, p, error=f"{p}: no such file or directory"))
             continue
-        if find_checkpoint(p) is not None:
+        if find_checkpoint(p) is not None or find_adapter(p) is not None:
             found = [p]
         else:
-            found = sorted({f.parent for marker in MARKERS for f in p.rglob(marker) if f.is_file()})
+            found = sorted({f.parent for marker in MARKERS for f in p.rglob(marker) if f.is_file()
+                            and (f.name != ADAPTER_CONFIG or find_adapter(f.parent) is not None)})
             found = [d for d in found if "checkpoints" not in d.relative_to(p).parts
                      and (snapshots or SNAPSHOTS not in d.relative_to(p).parts)]
         if not found:
@@ -92,6 +93,18 @@ def discover(paths: list[str], out: str | None = None, snapshots: bool = False) 
             target.snapshot_of = _snapshot_run(d)
             targets.append(target)
     return targets
+
+
+def _adapter_base(folder: Path) -> Path | None:
+    """An adapter's base_model_name_or_path when it names a local checkpoint (relative: to the adapter)."""
+    try:
+        name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(name, str) or not name:
+        return None
+    ref = Path(name) if Path(name).is_absolute() else folder / name
+    return ref if ref.exists() and (ref.is_file() or find_checkpoint(ref) is not None) else None
 
 
 def checkpoint_sha256(ref: Path) -> str:
@@ -114,6 +127,12 @@ def attach_bases(targets: list[Target], base: str) -> None:
             continue
         if base != "auto":
             ref, sha = Path(base), None
+        elif t.run_dir is None and find_adapter(t.weights) is not None:
+            ref, sha = _adapter_base(t.weights), None
+            if ref is None:
+                t.error = (f"{t.weights / ADAPTER_CONFIG}: --base without a path needs its base_model_name_or_path "
+                           "to be a local checkpoint")
+                continue
         else:
             if t.run_dir is None:
                 t.error = f"{t.weights}: --base without a path needs a run directory with run.json"
@@ -156,12 +175,25 @@ def _set_threads(jobs: int) -> None:
         threadpool_limits(threads, user_api="blas")  # process-wide: this process is one job
 
 
+def _adapter_results(weights: Path, opts, merge_base: Path | None, stack: contextlib.ExitStack):
+    """(results, hashes()) of a PEFT adapter directory: dW rows, + W + dW rows with its base."""
+    from wdiv.spectral import lora
+    from wdiv.spectral.weights import open_weights
+
+    adapter = stack.enter_context(lora.LoraAdapter(weights))
+    base = stack.enter_context(open_weights(merge_base)) if merge_base is not None else None
+    return (lora.iter_adapter_results(adapter, opts, base),
+            lambda: lora.adapter_hashes(adapter, lora.adapter_specs(adapter, opts)))
+
+
 def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progress: bool = False,
-                       jobs: int = 1, save_esd: bool = False, hash_weights: bool = False) -> Outcome:
+                       jobs: int = 1, save_esd: bool = False, hash_weights: bool = False,
+                       merge_base: Path | None = None) -> Outcome:
     """Analyse one checkpoint; never raises for bad input: errors come back as lines.
 
     save_esd keeps each row's fitted eigenvalues (for esd.npz); hash_weights adds the
-    weights_sha256 column (with --base, so the report can tell unchanged layers exactly)."""
+    weights_sha256 column (with --base, so the report can tell unchanged layers exactly).
+    A PEFT adapter directory gives the rows of its updates dW; merge_base (its --base) adds W + dW."""
     from wdiv.spectral.api import iter_layer_results, results_frame
     from wdiv.spectral.weights import WeightsError, layer_hashes, open_weights, select_layers
 
@@ -170,10 +202,15 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
     rows = []
     hashes: dict[str, str] = {}
     try:
-        with open_weights(weights) as source:
+        with contextlib.ExitStack() as stack:
+            if find_adapter(weights) is not None and find_checkpoint(weights) is None:
+                results, adapter_hashes = _adapter_results(weights, opts, merge_base, stack)
+            else:
+                source = stack.enter_context(open_weights(weights))
+                results, adapter_hashes = iter_layer_results(source, opts, progress=progress, desc=str(weights)), None
             if plot_dir is not None:
                 plot_dir.mkdir(parents=True, exist_ok=True)
-            for res in iter_layer_results(source, opts, progress=progress, desc=str(weights)):
+            for res in results:
                 rows.append(res.row)
                 if save_esd and res.evals is not None:
                     outcome.esd[esd_key(res.row)] = np.asarray(res.evals, dtype=np.float64)
@@ -183,10 +220,13 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
                     from wdiv.spectral.plots import save_esd_figure
 
                     tag = f"_{res.row['slice_id']}" if "slice_id" in res.row else ""
+                    tag += f"_{res.row['matrix']}" if "matrix" in res.row else ""
                     name = re.sub(r"[^\w.-]", "_", f"{res.row['layer_id']:04d}_{res.row['longname']}{tag}.png")
                     save_esd_figure(plot_dir / name, res.evals, res.row, res.rand_evals)
                     outcome.plots += 1
-            if hash_weights:
+            if hash_weights and adapter_hashes is not None:
+                hashes = adapter_hashes()
+            elif hash_weights:
                 specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                                       max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
                 hashes = layer_hashes(source, specs)
@@ -231,21 +271,24 @@ def _worker_init() -> None:
 
 
 def _run_all(jobs_in: dict, opts, plot_dirs: dict, jobs: int, progress: bool, save_esd: bool = False,
-             hash_weights: bool = False) -> Iterator[tuple[str, Outcome]]:
+             hash_weights: bool = False, merge_bases: dict | None = None) -> Iterator[tuple[str, Outcome]]:
     """(key, Outcome) as each distinct weights path is analysed (once; in parallel with jobs > 1).
     Close it (contextlib.closing) so that an interrupted run ends its workers at once."""
     from tqdm.auto import tqdm
 
+    merges = merge_bases or {}
     if jobs <= 1 or len(jobs_in) <= 1:
         for key in tqdm(jobs_in, desc="checkpoints", unit="ckpt", disable=not progress or len(jobs_in) < 2):
             yield key, analyse_checkpoint(jobs_in[key], opts, plot_dirs.get(key), progress=progress,
-                                          save_esd=save_esd, hash_weights=hash_weights)
+                                          save_esd=save_esd, hash_weights=hash_weights,
+                                          merge_base=merges.get(key))
         return
     # spawn, not fork: a forked child can hang on the parent's OpenMP/BLAS thread state
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_worker_init)
     try:
-        futs = {pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights): key
+        futs = {pool.submit(analyse_checkpoint, path, opts, plot_dirs.get(key), False, jobs, save_esd, hash_weights,
+                            merges.get(key)): key
                 for key, path in jobs_in.items()}
         for fut in tqdm(as_completed(futs), total=len(futs), desc="checkpoints", unit="ckpt", disable=not progress):
             yield futs[fut], fut.result()
@@ -301,8 +344,9 @@ def _analyse_targets(args, opts) -> int:
     lines: dict[int, list[str]] = {}  # target index -> its error lines, printed in target order
     written = 0
     pending = list(todo)
+    merges = {str(t.weights): t.base for t in todo if t.base is not None and find_adapter(t.weights) is not None}
     with contextlib.closing(_run_all(work, opts, plot_dirs, args.jobs, progress, save_esd=args.save_esd,
-                                     hash_weights=bool(args.base))) as outcomes:
+                                     hash_weights=bool(args.base), merge_bases=merges)) as outcomes:
         for key, outcome in outcomes:
             results[key] = outcome
             for t in [t for t in pending if str(t.weights) in results

@@ -108,6 +108,15 @@ def _finish_layer(spec: LayerSpec, mats: torch.Tensor, solved, opts: AnalyzeOpti
     return _analyse_layer(spec, mats if opts.randomize or opts.farms else None, ev, opts)
 
 
+def layer_results(spec: LayerSpec, mats: torch.Tensor | None, evals: np.ndarray,
+                  opts: AnalyzeOptions) -> list[LayerResult]:
+    """A layer's LayerResults from eigenvalues computed elsewhere ((rf, M) ascending per matrix;
+    wdiv.spectral.lora's low-rank factors); mats: its matrices, needed for randomize / FARMS."""
+    if not np.isfinite(evals).all():
+        return _failed_rows(spec, opts, "weights contain NaN or Inf (or overflow when squared)")
+    return _analyse_layer(spec, mats, evals, opts)
+
+
 def _layer_bytes(spec: LayerSpec) -> int:
     """What a queued layer holds: its float32 matrices, or its float64 Gram matrices."""
     n, m = spec.matrix_shape
@@ -211,16 +220,17 @@ def _random_evals(spec: LayerSpec, w: torch.Tensor, scale: float, opts: AnalyzeO
 
 def _farms_alpha(w: torch.Tensor, scale: float, spec: LayerSpec, opts: AnalyzeOptions,
                  slice_id: int | None) -> float:
-    from . import farms, powerlaw
+    """alpha_farms of a layer (wdiv.spectral.farms, the reference's procedure): a dense W as
+    stored (out x in), a conv layer's kernel slices (conv_norm, not `scale`, as the reference)."""
+    from . import farms
 
     try:
-        seed = int(_layer_generator(spec, opts, slice_id, salt=2).initial_seed() % (1 << 31))
-        ev = np.concatenate([np.asarray(farms.farms_evals(w[i].float().cpu().numpy(), eigvals=eigvals_fn(opts.device),
-                                                          seed=seed, **opts.farms_options.kwargs()))
-                             for i in range(w.shape[0])])
-        fit = powerlaw.fit_power_law(np.sort(ev) * scale, method=opts.fit)
-        alpha = fit["alpha"] if isinstance(fit, dict) else getattr(fit, "alpha")
-        return float(alpha) if alpha is not None else math.nan
+        x = w.float().cpu().numpy()
+        if spec.kind == "dense":
+            x = x[0].T if spec.shape[0] < spec.shape[1] else x[0]  # to_matrices put N >= M: undo
+        fit = farms.farms_fit(x, opts.farms_options.settings(), conv=spec.kind == "conv2d",
+                              eigvals=eigvals_fn(opts.device))
+        return float(fit["alpha"])
     except Exception as exc:
         log.warning("%s: FARMS failed: %s", spec.longname, exc)
         return math.nan
@@ -234,6 +244,9 @@ def add_deltas(df: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     ref = base[keys + metrics_cols].drop_duplicates(keys).rename(columns={c: f"{c}__base" for c in metrics_cols})
     joined = df[keys].merge(ref, on=keys, how="left")
     out = df.copy()
+    # an adapter's table (wdiv.spectral.lora): only its merged W + dW rows compare with the base W
+    unlike = (df["matrix"] != "merged").to_numpy() if "matrix" in df else None
     for c in metrics_cols:
-        out[f"delta_{c}"] = df[c].to_numpy() - joined[f"{c}__base"].to_numpy()
+        delta = df[c].to_numpy() - joined[f"{c}__base"].to_numpy()
+        out[f"delta_{c}"] = delta if unlike is None else np.where(unlike, np.nan, delta)
     return out

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from wdiv.errors import ConfigError
 
+from .farms import DEFAULT_PRESET, PRESETS, XMIN_RULES, FarmsSettings
+
 FITS = ("ks", "hill", "powerlaw")
 FIX_FINGERS = (None, "clip_xmax")
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
@@ -21,24 +23,32 @@ DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 @dataclass(frozen=True)
 class FarmsOptions:
-    """Fixed-aspect-ratio submatrix sampling (Hu et al. 2025); defaults as in the paper."""
+    """FARMS as its reference computes it (wdiv.spectral.farms): a named experiment setting
+    (preset, default "imagecls") and the values given explicitly over it."""
 
-    window: int | None = None  # submatrix rows; None = the numerics' default (paper's)
-    windows_per_dim: int | None = None
-    aspect_ratio: float | None = None
+    preset: str | None = None  # a key of farms.PRESETS; None = farms.DEFAULT_PRESET
+    window: int | None = None  # m: window rows
+    windows_per_dim: int | None = None  # ops: window starts per dimension
+    aspect_ratio: float | None = None  # Q: window columns / rows
+    xmin: str | None = None  # median | peak | ks (WeightWatcher's KS scan)
 
     def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"farms_preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         for name in ("window", "windows_per_dim"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1):
                 raise ConfigError(f"farms_{name}: must be an integer >= 1, got {v!r}")
         r = self.aspect_ratio
-        if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r < 1):
-            raise ConfigError(f"farms_aspect_ratio: must be a finite number >= 1 (rows/cols of a window), got {r!r}")
+        if r is not None and (isinstance(r, bool) or not isinstance(r, numbers.Real) or not math.isfinite(r) or r <= 0):
+            raise ConfigError(f"farms_aspect_ratio: must be a finite number > 0 (window columns / rows), got {r!r}")
+        if self.xmin is not None and self.xmin not in XMIN_RULES:
+            raise ConfigError(f"farms_xmin: must be one of {', '.join(XMIN_RULES)}, got {self.xmin!r}")
 
-    def kwargs(self) -> dict:
-        names = {"window": "window", "windows_per_dim": "windows_per_dim", "aspect_ratio": "aspect_ratio"}
-        return {names[k]: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def settings(self) -> FarmsSettings:
+        """The complete procedure: the preset with the explicit values put over it."""
+        given = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        return dataclasses.replace(PRESETS[self.preset or DEFAULT_PRESET], **given)
 
 
 @dataclass(frozen=True)

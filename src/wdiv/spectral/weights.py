@@ -170,11 +170,27 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+# A PEFT adapter directory (wdiv.spectral.lora reads it): its config and its weights, in order of preference.
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def find_adapter(folder: Path) -> Path | None:
+    """The weights file of a PEFT adapter directory (adapter_config.json beside it), or None."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return None
+    return next((folder / n for n in ADAPTER_WEIGHTS if (folder / n).is_file()), None)
+
+
 def checkpoint_files(weights) -> list[Path]:
-    """The files open_weights(weights) reads (an index and its shards, or the one file), no data read."""
+    """The files open_weights(weights) reads (an index and its shards, or the one file; an adapter's
+    config and weights), no data read."""
     path = Path(weights)
     if path.is_dir():
         found = find_checkpoint(path)
+        if found is None and find_adapter(path) is not None:
+            return [path / ADAPTER_CONFIG, find_adapter(path)]
         return checkpoint_files(found) if found is not None else []
     if not path.name.endswith(INDEX_SUFFIXES):
         return [path] if path.is_file() else []
