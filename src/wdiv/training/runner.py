@@ -28,6 +28,7 @@ from wdiv.training.checkpoint import STATE, damaged, load_resume, load_weights, 
 from wdiv.training import snapshots
 from wdiv.training.interrupts import Interrupted
 from wdiv.training.loop import Progress, Runtime, Schedule, StopRequested, fit
+from wdiv.training.rebuild import evaluation_sets, run_metrics
 from wdiv.training.recipe import recipe, semantic
 from wdiv.training.splits import data_id
 from wdiv.training.validate import NUMERIC_ARMS, validate
@@ -322,20 +323,11 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     )
     try:
         fit(model, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
-        sets = {"test": transformed(splits.test, eval_tf), **{name: transformed(ds, eval_tf) for name, ds in splits.ood.items()}}
-        results = evaluate(model, sets, rt, batch_size=int(t.eval_batch_size), finish=finish)
+        results = evaluate(model, evaluation_sets(splits, eval_tf), rt, batch_size=int(t.eval_batch_size), finish=finish)
     except Interrupted as stop:
         stop.epoch = progress.epoch  # what checkpoints/ holds: the resume point
         raise
-    ood = {name: results[name]["acc"] for name in splits.ood}
-    info["metrics"] = {
-        "test_acc": results["test"]["acc"],
-        "test_ece": results["test"]["ece"],
-        "test_loss": results["test"]["loss"],
-        "ood_acc": sum(ood.values()) / len(ood) if ood else None,
-        "ood": ood,
-        "val_acc": progress.history[-1].get("val_acc") if progress.history else None,
-    }
+    info["metrics"] = run_metrics(results, list(splits.ood), progress.history[-1].get("val_acc") if progress.history else None)
     save_weights(model, out_dir / "model.safetensors")
     write_history(out_dir / "history.csv", progress.history)  # also when resumed at the last epoch
     info["files"] = _describe_outputs(out_dir)
