@@ -5,10 +5,18 @@ single-threaded BLAS per core on CPU, same-shape layers in one batched call on C
 WeightWatcher-named metrics (wdiv.spectral.metrics), plus optional
 randomised ESD and FARMS alpha. A layer that cannot be analysed (NaN/Inf weights, a failed
 fit) becomes a row with status=failed; the other layers are still analysed.
+
+Memory: on CPU a dense layer of a safetensors file (M > 64) is *streamed*: its job reads the
+tensor a block at a time and accumulates the Gram matrix (wdiv.spectral.esd.gram_streamed), so
+no whole tensor is held. The dense path (whole tensor read, then queued) stays for what needs W
+itself or cannot be sliced: randomize and FARMS (they permute or window W), the SVD redo of a
+nearly rank-deficient layer (rare), conv kernels (small), in-memory and PyTorch-file tensors
+(already held by their state dict), narrow layers (batched with the small-M solver) and CUDA.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import deque
@@ -21,7 +29,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .esd import EigenSolver, eigvals_fn, gram_eigenvalues, pooled, svd_eigenvalues
+from .esd import SMALL_M, EigenSolver, eigvals_fn, gram_eigenvalues, pooled, svd_eigenvalues
 from .options import AnalyzeOptions
 from .weights import LayerSpec, WeightSource, open_weights, select_layers, to_matrices
 
@@ -71,39 +79,67 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
     Layers are read and queued on the EigenSolver a batch of same-shape layers at a time
     (one batched call on CUDA); while its workers solve the queued layers this thread
     computes the metrics of the finished ones, so the fits cost little wall time beyond the
-    eigenvalues. Memory: the queued tensors are capped at INFLIGHT_BATCHES * opts.batch_bytes
-    plus the newest layer, plus one Gram matrix per thread.
+    eigenvalues. Memory: what the queued layers hold (a streamed layer its Gram matrix, to be
+    formed when its job runs; any other its tensor) is capped at INFLIGHT_BATCHES *
+    opts.batch_bytes plus the newest layer, plus per thread one Gram matrix, one block product
+    and one block.
     """
     specs = select_layers(source, pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                           max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
     budget = INFLIGHT_BATCHES * opts.batch_bytes
+    streamed = {spec.key for spec in specs if _streams(spec, source, opts)}
+
+    def nbytes(spec: LayerSpec) -> int:
+        return _layer_bytes(spec, spec.key in streamed)
+
     bar = tqdm(total=len(specs), desc=desc or source.label, unit="layer", disable=not progress, leave=False)
     try:
         with EigenSolver(opts.device) as solver:
             queued: deque = deque()
             queued_bytes = 0
-            for batch in chain(_shape_batches(specs, opts.batch_bytes), [None]):  # None: drain
+            for batch in chain(_shape_batches(specs, opts.batch_bytes, nbytes), [None]):  # None: drain
                 if batch is not None:
-                    stacks = [to_matrices(spec, source.tensor(spec.key)) for spec in batch]
-                    queued.extend(zip(batch, stacks, solver.submit(stacks)))
-                    queued_bytes += sum(_layer_bytes(spec) for spec in batch)
+                    queued.extend(_submit(batch, streamed, source, solver))
+                    queued_bytes += sum(nbytes(spec) for spec in batch)
                 # drain the oldest while the layers before the newest exceed the budget: a layer
                 # bigger than the budget still has the next one read and queued beside it
-                while queued and (queued_bytes - _layer_bytes(queued[-1][0]) > budget or batch is None):
+                while queued and (queued_bytes - nbytes(queued[-1][0]) > budget or batch is None):
                     spec, mats, handle = queued.popleft()
-                    queued_bytes -= _layer_bytes(spec)
-                    yield from _finish_layer(spec, mats, handle.result(), opts)
+                    queued_bytes -= nbytes(spec)
+                    yield from _finish_layer(spec, mats, handle.result(), opts, source)
                     bar.update(1)
     finally:
         bar.close()
 
 
-def _finish_layer(spec: LayerSpec, mats: torch.Tensor, solved, opts: AnalyzeOptions) -> list[LayerResult]:
-    """A solved layer -> its LayerResults (NaN layer: failed; nearly rank-deficient: via SVD)."""
+def _streams(spec: LayerSpec, source: WeightSource, opts: AnalyzeOptions) -> bool:
+    """Whether a layer's Gram matrix is read block by block from its file (see the module doc)."""
+    return (spec.kind == "dense" and torch.device(opts.device).type == "cpu" and not (opts.randomize or opts.farms)
+            and min(spec.shape) > SMALL_M and source.can_stream(spec.key))
+
+
+def _submit(batch: list[LayerSpec], streamed: set[str], source: WeightSource, solver: EigenSolver) -> list[tuple]:
+    """Queue a batch of same-shape layers -> [(spec, matrices or None when streamed, handle)], in batch order."""
+    dense = [spec for spec in batch if spec.key not in streamed]
+    stacks = [to_matrices(spec, source.tensor(spec.key)) for spec in dense]
+    handles = dict(zip((spec.key for spec in dense), zip(stacks, solver.submit(stacks)) if dense else []))
+    lazy = [spec for spec in batch if spec.key in streamed]
+    if lazy:
+        readers = [(functools.partial(source.read_lines, spec.key), spec.shape) for spec in lazy]
+        handles.update({spec.key: (None, h) for spec, h in zip(lazy, solver.submit_streamed(readers))})
+    return [(spec, *handles[spec.key]) for spec in batch]
+
+
+def _finish_layer(spec: LayerSpec, mats: torch.Tensor | None, solved, opts: AnalyzeOptions,
+                  source: WeightSource) -> list[LayerResult]:
+    """A solved layer -> its LayerResults (NaN layer: failed; nearly rank-deficient: via SVD).
+    mats is None for a streamed layer: its tensor is read whole only for the SVD redo."""
     ev, suspect, finite = solved
     if not finite:
         return _failed_rows(spec, opts, "weights contain NaN or Inf (or overflow when squared)")
     if suspect.any():  # nearly rank-deficient: the SVD decides the small end
+        if mats is None:
+            mats = to_matrices(spec, source.tensor(spec.key))
         ev = svd_eigenvalues(mats, device=opts.device)
     return _analyse_layer(spec, mats if opts.randomize or opts.farms else None, ev, opts)
 
@@ -117,26 +153,27 @@ def layer_results(spec: LayerSpec, mats: torch.Tensor | None, evals: np.ndarray,
     return _analyse_layer(spec, mats, evals, opts)
 
 
-def _layer_bytes(spec: LayerSpec) -> int:
-    """What a queued layer holds: its float32 matrices, or its float64 Gram matrices."""
+def _layer_bytes(spec: LayerSpec, streamed: bool = False) -> int:
+    """What a queued layer holds: a streamed layer its float64 Gram matrix (formed when its job
+    runs, from one block at a time); any other its float32 matrices or float64 Gram matrices."""
     n, m = spec.matrix_shape
-    return max(8 * m * m, 4 * n * m) * spec.rf
+    return 8 * m * m * spec.rf if streamed else max(8 * m * m, 4 * n * m) * spec.rf
 
 
-def _shape_batches(specs: list[LayerSpec], batch_bytes: int) -> Iterator[list[LayerSpec]]:
-    """Group layers by matrix shape; cap each group's bytes (float64 Grams or float32 tensors)."""
+def _shape_batches(specs: list[LayerSpec], batch_bytes: int, nbytes=_layer_bytes) -> Iterator[list[LayerSpec]]:
+    """Group layers by matrix shape; cap each group's bytes (`nbytes` of each layer)."""
     groups: dict[tuple[int, int], list[LayerSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.matrix_shape, []).append(spec)
     for group in groups.values():
         batch, size = [], 0
         for spec in group:
-            nbytes = _layer_bytes(spec)
-            if batch and size + nbytes > batch_bytes:
+            nbytes_ = nbytes(spec)
+            if batch and size + nbytes_ > batch_bytes:
                 yield batch
                 batch, size = [], 0
             batch.append(spec)
-            size += nbytes
+            size += nbytes_
         if batch:
             yield batch
 

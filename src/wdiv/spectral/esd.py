@@ -14,11 +14,19 @@ syevd run 1.5-2x slower than numpy's OpenBLAS on AMD cores (measured on this pro
 machine: 512 x 512 eigvalsh 16.2 vs 11.4 ms, the 1024 x 512 Gram product 12.8 vs 6.2 ms,
 one thread each). Both calls run without the GIL (numpy's matmul; dsyevd through
 wdiv.spectral.lapack), so one Python thread per core scales (1.8-1.9x on 2 cores).
+
+Memory: a matrix's Gram matrix is summed over blocks of at most _BLOCK_ELEMS float64 elements,
+and a large dense layer of a safetensors file is read a block at a time straight from the file by
+the job that solves it (`EigenSolver.submit_streamed`), so no whole tensor is ever held: a job
+holds its M x M Gram matrix, one block product of the same size and one block. The streamed
+blocks are the ones `gram_numpy` cuts from the whole matrix, in the same order and memory layout,
+so both give the same bits.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -43,37 +51,85 @@ def _as_numpy(w: torch.Tensor) -> np.ndarray:
     return w.cpu().numpy()
 
 
-def gram_numpy(w: np.ndarray, *, block_elems: int = _BLOCK_ELEMS) -> np.ndarray:
+def _lines_per_block(m: int, block_elems: int | None) -> int:
+    return max(1, (block_elems or _BLOCK_ELEMS) // max(1, m))
+
+
+def _gram_of_blocks(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """Sum of ``x.T @ x`` over (lines, M) C-contiguous float64 blocks.
+
+    Each product is on one contiguous buffer, which numpy hands to BLAS syrk (half the flops
+    of a general product). A block and its product are dropped before the next block is made,
+    so at most the sum, one product and one block are held.
+    """
+    gram = None
+    for x in blocks:
+        part = x.T @ x
+        del x
+        gram = part if gram is None else np.add(gram, part, out=gram)
+        del part
+    return gram
+
+
+def gram_numpy(w: np.ndarray, *, block_elems: int | None = None) -> np.ndarray:
     """(N, M) matrix -> float64 Gram matrix of its smaller side, accumulated over blocks.
 
-    Only one block is ever held in float64, so a float32 matrix never needs a full float64
-    copy. Each block product is ``x.T @ x`` on one contiguous buffer, which numpy hands to
-    BLAS syrk (half the flops of a general product).
+    Only one block is ever held in float64, so a float32 matrix never needs a full float64 copy.
     """
     if w.shape[0] < w.shape[1]:
         w = w.T
     n, m = w.shape
-    rows = max(1, block_elems // max(1, m))
-    gram = None
-    for i in range(0, n, rows):
-        x = np.asarray(w[i:i + rows], dtype=np.float64, order="C")
-        part = x.T @ x
-        gram = part if gram is None else np.add(gram, part, out=gram)
-    return gram
+    rows = _lines_per_block(m, block_elems)
+    return _gram_of_blocks(np.asarray(w[i:i + rows], dtype=np.float64, order="C") for i in range(0, n, rows))
+
+
+# read_lines(axis, lo, hi) -> rows (axis 0) or columns (axis 1) lo:hi of a stored 2-D matrix.
+LinesFn = Callable[[int, int, int], np.ndarray]
+
+
+def gram_streamed(read_lines: LinesFn, shape: tuple[int, int], *, block_elems: int | None = None) -> np.ndarray:
+    """Stored (rows, cols) matrix read a block at a time -> float64 Gram matrix of its smaller side.
+
+    With rows >= cols the Gram matrix is W^T W, a sum over blocks of rows; otherwise it is
+    W W^T, a sum over blocks of columns (each transposed to a C-contiguous float64 block, as
+    `gram_numpy` makes it from the transposed view). Equal, bit for bit, to gram_numpy(W).
+    """
+    axis = 0 if shape[0] >= shape[1] else 1
+    n, m = shape[axis], shape[1 - axis]
+    lines = _lines_per_block(m, block_elems)
+
+    def blocks():
+        for i in range(0, n, lines):
+            raw = read_lines(axis, i, min(n, i + lines))
+            x = np.asarray(raw if axis == 0 else raw.T, dtype=np.float64, order="C")
+            del raw
+            yield x
+            del x  # before the next block is read
+
+    return _gram_of_blocks(blocks())
 
 
 def _eigs_numpy(w: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
     """One matrix -> [(ascending eigenvalues of its Gram matrix, suspect, finite)]."""
-    gram = gram_numpy(w)
+    return _eigs_of_gram(gram_numpy(w))
+
+
+def _eigs_streamed(read_lines: LinesFn, shape: tuple[int, int]) -> list[tuple[np.ndarray, bool, bool]]:
+    """A stored matrix read block by block -> [(ascending Gram eigenvalues, suspect, finite)]."""
+    return _eigs_of_gram(gram_streamed(read_lines, shape))
+
+
+def _eigs_of_gram(gram: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
+    """A Gram matrix (destroyed) -> [(ascending eigenvalues, suspect, finite)]."""
     if not np.isfinite(np.diagonal(gram)).all():  # diag = column sums of squares: finite iff W is
         return [(np.full(gram.shape[0], np.nan), False, False)]
     ev = eigvalsh_inplace(gram)
     return [(np.maximum(ev, 0.0), bool(ev[0] <= _SVD_BELOW * ev[-1]), True)]
 
 
-# A stack of matrices this narrow (M <= _SMALL_M) is one job: per-matrix Python overhead would
+# A stack of matrices this narrow (M <= SMALL_M) is one job: per-matrix Python overhead would
 # cost more than the eigensolves (a ViT patch embedding is 256 matrices of 384 x 3).
-_SMALL_M = 64
+SMALL_M = 64
 
 
 def _eigs_numpy_small(stack: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
@@ -179,9 +235,20 @@ class EigenSolver:
         handles = []
         for x in stacks:
             a = _as_numpy(x)
-            jobs = [Job(_eigs_numpy_small, a)] if min(a.shape[-2:]) <= _SMALL_M else [Job(_eigs_numpy, m) for m in a]
+            jobs = [Job(_eigs_numpy_small, a)] if min(a.shape[-2:]) <= SMALL_M else [Job(_eigs_numpy, m) for m in a]
             handles.append(_Gathered(self._queue, jobs))
         self._queue.put([job for h in handles for job in h.jobs])
+        return handles
+
+    def submit_streamed(self, matrices: list[tuple[LinesFn, tuple[int, int]]]) -> list:
+        """Queue stored 2-D matrices given as (read_lines, (rows, cols)); CPU only.
+
+        Each is one job that reads its blocks and forms its Gram matrix when it runs, so a
+        queued matrix holds no data; handles as `submit`'s, evals (1, M)."""
+        if self.device.type != "cpu":
+            raise ValueError("streamed Gram matrices are formed on the CPU only")
+        handles = [_Gathered(self._queue, [Job(_eigs_streamed, read, tuple(shape))]) for read, shape in matrices]
+        self._queue.put([h.jobs[0] for h in handles])
         return handles
 
 

@@ -3,6 +3,10 @@
 A *source* (`open_weights`) lists the state-dict keys with their shapes without reading
 any data, and hands out one tensor at a time; safetensors tensors are read one by one from
 disk (see SafetensorsFile), so peak memory is bounded by the largest tensor, not the model.
+A 2-D tensor of a safetensors file (single or sharded) can also be read a block of rows or
+columns at a time (`WeightSource.read_lines`), so its Gram matrix is accumulated without ever
+holding the whole tensor (wdiv.spectral.esd.gram_streamed). Tensors of PyTorch files are held
+by the state dict torch.load returns (memory-mapped where torch can), so they are not streamed.
 
 Formats are told by a file's first bytes, not its name (`sniff_format`): safetensors, or a
 PyTorch file (torch.save's zip archive or its legacy pickle), read only with
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import re
 import zipfile
@@ -39,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from wdiv.io import sha256_file
@@ -106,18 +112,26 @@ def to_matrices(spec: LayerSpec, tensor: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- sources
 
 
+# Reads rows (axis 0) or columns (axis 1) lo:hi of a stored 2-D tensor: (key, axis, lo, hi) -> array.
+LineReader = Callable[[str, int, int, int], np.ndarray]
+
+
 class WeightSource:
-    """Ordered keys with shapes, and one tensor at a time on demand."""
+    """Ordered keys with shapes, one tensor at a time on demand, and for file-backed 2-D tensors
+    a block of rows or columns at a time (`read_lines`)."""
 
     def __init__(self, label: str, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, bool],
                  getter: Callable[[str], torch.Tensor], module_kinds: dict[str, str] | None = None,
-                 close: Callable[[], None] | None = None):
+                 close: Callable[[], None] | None = None, lines: LineReader | None = None,
+                 streamable: Callable[[str], bool] | None = None):
         self.label = label
         self.shapes = shapes
         self._is_float = dtypes
         self._get = getter
         self.module_kinds = module_kinds  # key -> "dense"|"conv2d"|None (nn.Module inputs only)
         self._close = close
+        self._lines = lines
+        self._streamable = streamable
 
     def keys(self) -> list[str]:
         return sorted(self.shapes, key=natural_key)
@@ -128,6 +142,19 @@ class WeightSource:
     def tensor(self, key: str) -> torch.Tensor:
         try:
             return self._get(key)
+        except Exception as exc:  # truncated data, I/O errors
+            raise WeightsError(f"{self.label}: cannot read tensor {key!r}: {exc}") from exc
+
+    def can_stream(self, key: str) -> bool:
+        """Whether `read_lines` reads this tensor from its file a block at a time (2-D, float16/
+        bfloat16/float32/float64 in a safetensors file); in-memory tensors are not streamed."""
+        return self._lines is not None and self._streamable is not None and self._streamable(key)
+
+    def read_lines(self, key: str, axis: int, lo: int, hi: int) -> np.ndarray:
+        """Rows (axis 0) or columns (axis 1) lo:hi of a streamable 2-D tensor, as stored (bfloat16
+        widened to float32, exactly), reading only those bytes. Thread-safe (one file handle a call)."""
+        try:
+            return self._lines(key, axis, lo, hi)
         except Exception as exc:  # truncated data, I/O errors
             raise WeightsError(f"{self.label}: cannot read tensor {key!r}: {exc}") from exc
 
@@ -245,6 +272,8 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
               "U8": torch.uint8, "BOOL": torch.bool,
               "F8_E4M3": getattr(torch, "float8_e4m3fn", None), "F8_E5M2": getattr(torch, "float8_e5m2", None)}
+# Stored dtypes read_lines can hand to numpy (bfloat16 is read as its bits and widened to float32).
+_LINE_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
 
 class SafetensorsFile:
@@ -296,10 +325,46 @@ class SafetensorsFile:
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
+    def can_read_lines(self, key: str) -> bool:
+        dtype_name, shape, _, _ = self.entries[key]
+        return len(shape) == 2 and dtype_name in _LINE_DTYPES and min(shape) > 0
+
+    def read_lines(self, key: str, axis: int, lo: int, hi: int) -> np.ndarray:
+        """Rows (axis 0) or columns (axis 1) lo:hi of a 2-D tensor with plain reads of those bytes only.
+
+        Rows are one contiguous read. Columns are one read per row (a row-major file has no
+        contiguous column block); each row's piece is (hi - lo) elements, so a block of a few MB
+        costs a few thousand reads of kilobytes, a small fraction of the Gram product it feeds.
+        """
+        dtype_name, (rows, cols), begin, _ = self.entries[key]
+        dtype = np.dtype(_LINE_DTYPES[dtype_name])
+        size = dtype.itemsize
+        if not (axis in (0, 1) and 0 <= lo < hi <= (rows, cols)[axis]):
+            raise ValueError(f"lines {lo}:{hi} on axis {axis} outside a {rows} x {cols} tensor")
+        out = np.empty((hi - lo, cols) if axis == 0 else (rows, hi - lo), dtype=dtype)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            if axis == 0:
+                pieces = [(out, self.start + begin + lo * cols * size)]
+            else:
+                first = self.start + begin + lo * size
+                pieces = ((out[r], first + r * cols * size) for r in range(rows))
+            for buf, offset in pieces:
+                if os.preadv(fd, [buf], offset) != buf.nbytes:
+                    raise ValueError("file ended before the tensor's last byte (truncated)")
+        finally:
+            os.close(fd)
+        if dtype_name == "BF16":  # bfloat16 is the top half of a float32: widening is exact
+            wide = out.astype(np.uint32)
+            wide <<= 16
+            return wide.view(np.float32)
+        return out
+
 
 def _safetensors_source(path: Path) -> WeightSource:
     st = SafetensorsFile(path)
-    return WeightSource(str(path), st.shapes(), st.floats(), st.get_tensor)
+    return WeightSource(str(path), st.shapes(), st.floats(), st.get_tensor,
+                        lines=st.read_lines, streamable=st.can_read_lines)
 
 
 def _sharded_source(index_path: Path) -> WeightSource:
@@ -351,7 +416,15 @@ def _sharded_source(index_path: Path) -> WeightSource:
             held[shard] = _torch_state(torch_shards[shard])
         return held[shard][key]
 
-    return WeightSource(str(index_path.parent), shapes, floats, get, close=held.clear)
+    def lines(key: str, axis: int, lo: int, hi: int) -> np.ndarray:
+        return st_files[key_file[key]].read_lines(key, axis, lo, hi)
+
+    def streamable(key: str) -> bool:
+        shard = key_file[key]
+        return shard in st_files and st_files[shard].can_read_lines(key)
+
+    return WeightSource(str(index_path.parent), shapes, floats, get, close=held.clear,
+                        lines=lines, streamable=streamable)
 
 
 def _torch_load(path: Path):
