@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from wdiv.report import trajectories
+from wdiv.report import soups, trajectories
 from wdiv.report.changes import build_changes, missing_lines, orphans_skipped
 from wdiv.report.collect import collect
 from wdiv.report.deltas import OPTIONAL_METRICS, SPECTRAL_METRICS
@@ -154,6 +154,7 @@ def main(argv=None) -> int:
         report.trajectories = trajectories.build(report)
         if report.trajectories is not None:
             report.notes += report.trajectories.notes
+        report.soups = soups.build(report)
     except NoBaselines:
         pass  # dM tables only
     except NoRuns as err:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from wdiv.report.cells import label
 from wdiv.report.changes import Changes, missing_lines
+from wdiv.report.soups import markdown_lines as soup_lines
 from wdiv.report.tables import CELL, OUTCOMES, Report
 from wdiv.report.trajectories import onset_lines as trajectory_onset_lines
 
@@ -219,6 +220,8 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
             *trajectory_onset_lines(report.trajectories, key),
             "",
         ]
+    if report.soups is not None:
+        lines += [*soup_lines(report.soups, [m for m in ("log_norm", "alpha") if m in key], markdown_table), ""]
     trend = report.trend[report.trend["metric"].isin(key)]
     lines += [
         "## Strength trend: Spearman of strength with layer-mean D, within each cell and category",
@@ -256,7 +259,8 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
         "excluded_layers.csv, summary.json, categories.tex, accuracy.tex, figures/"
         + (", changes.csv, missing_baselines.csv" if changes is not None else "")
         + (", across_*.csv" if across_text else "")
-        + (", trajectories.csv, trajectory_bands.csv, trajectory_onsets.csv" if report.trajectories is not None else "") + ".",
+        + (", trajectories.csv, trajectory_bands.csv, trajectory_onsets.csv" if report.trajectories is not None else "")
+        + (", soups.csv" if report.soups is not None else "") + ".",
         "",
     ]
     return "\n".join(lines)
@@ -299,6 +303,7 @@ def summary_json(report: Report, runs_dir: Path, changes: Changes | None = None)
         "across": sorted(report.across), "d_tables": True,
         "trajectory_onsets": [] if report.trajectories is None else
         [{k: _jsonable(v) for k, v in r.items()} for r in report.trajectories.onsets.to_dict("records")],
+        "soups": [] if report.soups is None else [{k: _jsonable(v) for k, v in r.items()} for r in report.soups.to_dict("records")],
         "missing_baselines": [] if changes is None else
         [{k: _jsonable(v) for k, v in r.items()} for r in changes.missing.to_dict("records")],
     }

@@ -60,6 +60,7 @@ class Report:
     across: dict = field(default_factory=dict)  # dims label -> across.AcrossResult
     run_files: dict[str, dict] = field(default_factory=dict)  # run_id -> its record's file entries
     trajectories: object = None  # report.trajectories.Trajectories when runs kept training snapshots
+    soups: pd.DataFrame | None = None  # report.soups: each model soup against its members (soups.csv)
 
 
 # ----------------------------------------------------------------------------- levels

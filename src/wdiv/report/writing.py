@@ -182,6 +182,8 @@ def write_report(report: Report, out_dir: Path, runs_dir: Path, formats: list[st
     if report.trajectories is not None:
         tables |= {"trajectories.csv": report.trajectories.runs, "trajectory_bands.csv": report.trajectories.bands,
                    "trajectory_onsets.csv": report.trajectories.onsets}
+    if report.soups is not None:
+        tables["soups.csv"] = report.soups
     across_text = {}
     for dims, result in report.across.items():
         tag = dims.replace(",", "_")
