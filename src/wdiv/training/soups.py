@@ -46,7 +46,7 @@ from omegaconf import OmegaConf
 
 from wdiv import records
 from wdiv.errors import ConfigError, InputError
-from wdiv.io import write_json, write_text
+from wdiv.io import sha256_file, write_json, write_text
 from wdiv.training.checkpoint import load_weights, save_weights
 from wdiv.training.rebuild import CONFIG, Evaluator, evaluator, load_config
 from wdiv.training.runner import runtime
@@ -76,7 +76,9 @@ class Member:
 
     @property
     def sha256(self) -> str:
-        return str(((self.info.get("files") or {}).get(WEIGHTS) or {}).get("sha256") or "")
+        """Of its final weights: as run.json records it (checked when loaded), else computed."""
+        recorded = ((self.info.get("files") or {}).get(WEIGHTS) or {}).get("sha256")
+        return str(recorded) if recorded else sha256_file(self.run_dir / WEIGHTS)
 
     @property
     def seed(self) -> int:
@@ -204,16 +206,14 @@ def check_architecture(members: list[Member], states: list[dict[str, torch.Tenso
             if state[k].shape != v.shape or state[k].dtype != v.dtype:
                 raise SoupRefused(f"{m.run_id}: architecture differs from {ref_id} ({k}: {list(state[k].shape)} {state[k].dtype} "
                                   f"vs {list(v.shape)} {v.dtype})")
-        if any(not v.is_floating_point() and not torch.equal(state[k], v) for k, v in ref.items()):
-            key = next(k for k, v in ref.items() if not v.is_floating_point() and not torch.equal(state[k], v))
-            raise SoupRefused(f"{m.run_id}: integer buffer {key} differs from {ref_id}'s (a soup averages float weights only)")
+        for k, v in ref.items():
+            if not v.is_floating_point() and not torch.equal(state[k], v):
+                raise SoupRefused(f"{m.run_id}: integer buffer {k} differs from {ref_id}'s (a soup averages float weights only)")
 
 
-def _data_differs(a: dict, b: dict, prefix: str = "data.") -> str | None:
-    for key in sorted(set(a) | set(b), key=str):
-        if a.get(key) != b.get(key):
-            return f"{prefix}{key}"
-    return None
+def _data_differs(a: dict, b: dict) -> str | None:
+    """The first ``data.<key>`` whose value differs, or None."""
+    return next((f"data.{key}" for key in sorted(set(a) | set(b), key=str) if a.get(key) != b.get(key)), None)
 
 
 def check_data(members: list[Member], configs: list) -> None:
@@ -260,7 +260,8 @@ def up_to_date(soup_dir: Path, kind: str, pool: list[dict]) -> bool:
 
 
 def greedy(order: list[int], states: list[dict], ev: Evaluator, member_val: list[float]) -> tuple[list[int], list[dict], dict, float]:
-    """Wortsman's greedy soup over members ``order`` (best validation accuracy first)."""
+    """Wortsman's greedy soup over members ``order`` (best validation accuracy first): the kept
+    members, one step per candidate, the soup's weights and its validation accuracy."""
     kept = [order[0]]
     best_val = member_val[order[0]]
     steps = [{"member": order[0], "soup_val_acc": best_val, "kept": True}]
@@ -325,10 +326,9 @@ def build_group(group: Group, kinds: tuple[str, ...], runs_dir: Path, rt, force:
             val = ev.val_acc()
         else:
             order = sorted(range(len(members)), key=lambda i: (-member_val[i], members[i].run_id))
-            kept, raw_steps, weights, _ = greedy(order, states, ev, member_val)
+            kept, raw_steps, weights, val = greedy(order, states, ev, member_val)
             steps = [{"run": members[s["member"]].run_id, "soup_val_acc": s["soup_val_acc"], "kept": s["kept"]} for s in raw_steps]
-            ev.load(weights)
-            val = ev.val_acc()
+            ev.load(weights)  # the model holds the last candidate, which may have been left out
         info = _soup_record(group, kind, members, kept, pool, steps, seed, seeds)
         info["metrics"] = ev.metrics(val_acc=val)
         _write_soup(soup_dir, weights, _soup_config(configs[0], kind, group, seed, [members[i].run_id for i in kept]), info, rt, start)
