@@ -197,7 +197,12 @@ def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 256) -> torc
 
 
 def _stack(dataset: Any, indices: np.ndarray) -> torch.Tensor:
-    return torch.stack([dataset[int(i)][0] for i in indices])
+    images = [dataset[int(i)][0] for i in indices]
+    if len({tuple(im.shape[-2:]) for im in images}) > 1:  # image folders keep each stored size
+        from torchvision.transforms.v2.functional import resize
+
+        images = [resize(im, list(images[0].shape[-2:]), antialias=True) for im in images]
+    return torch.stack(images)
 
 
 def _labels(dataset: Any, indices: np.ndarray) -> torch.Tensor:

@@ -1,8 +1,15 @@
-"""Input pipelines: augmentation policies (torchvision v2) followed by the model's one normalisation.
+"""Input pipelines: augmentation policies (torchvision v2), the resize to the model's input, and
+the model's one normalisation.
 
 A policy is a '+'-joined list of components, e.g. ``autoaugment+noise+flip``. Components that
 act on uint8 images run first, then the image becomes float in [0, 1], then additive noise,
 then ``Normalize(model mean, std)``: the same normalisation for every arm and every policy.
+
+Where the augmentation acts (``aug.at``): ``native`` (default) augments the image as stored
+(32 px for CIFAR and digits, the decoded size for image folders) and resizes the result to the
+model's input, so a 4-pixel crop shift, an elastic displacement or a noise std mean the same
+whatever the model's input size; ``model`` resizes first and augments at the model's size (the
+former order, kept for comparison). When the stored size is the model's, both are the same.
 """
 
 from __future__ import annotations
@@ -47,11 +54,37 @@ class SmoothElastic(torch.nn.Module):
         return TF.elastic(image, displacement=field.permute(0, 2, 3, 1))
 
 
-def _uint8_component(name: str, aug_cfg, size: int):
+class PadCrop(v2.RandomCrop):
+    """Reflect-pad by ``padding`` pixels, then crop a random window of the image's own size.
+
+    The same draws as ``RandomCrop(size, padding)`` on an image of that size, for images of any
+    size (image folders decode each image at its stored size).
+    """
+
+    def __init__(self, padding: int):
+        super().__init__(1, padding=padding, padding_mode="reflect")
+
+    def forward(self, *inputs):
+        self.size = tuple(int(d) for d in inputs[0].shape[-2:])
+        return super().forward(*inputs)
+
+
+AT = ("native", "model")
+
+
+def augment_at(aug_cfg) -> str:
+    """``aug.at``: native (augment the stored image, then resize) or model (resize, then augment)."""
+    at = str(aug_cfg.get("at", "native") if hasattr(aug_cfg, "get") else "native")
+    if at not in AT:
+        raise ConfigError(f"aug.at: {at!r} is not one of {', '.join(AT)}")
+    return at
+
+
+def _uint8_component(name: str, aug_cfg):
     """The uint8-stage transform for one component, or None when it acts on floats."""
     table = {
         "flip": lambda: v2.RandomHorizontalFlip(),
-        "crop": lambda: v2.RandomCrop(size, padding=int(aug_cfg.crop_padding), padding_mode="reflect"),
+        "crop": lambda: PadCrop(int(aug_cfg.crop_padding)),
         "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10),
         "randaugment": lambda: v2.RandAugment(num_ops=int(aug_cfg.randaugment_num_ops), magnitude=int(aug_cfg.randaugment_magnitude)),
         "augmix": lambda: v2.AugMix(),
@@ -107,30 +140,34 @@ class Finish:
         return TF.normalize(images, self.mean, self.std)
 
 
-def build_pipeline(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
-    """(per-image transform or None, batch ``Finish``): augmentation per image, normalisation per batch.
+def build_pipeline(aug_cfg, *, mean, std, size: int, raw_size: int | None, train: bool):
+    """(per-image transform or None, batch ``Finish``): augmentation and the resize to ``size`` per
+    image, normalisation per batch.
 
-    The per-image part keeps uint8 unless a float-stage component (noise) needs [0,1] floats.
-    A model without a pixel normalisation (``mean=None``: text) has no image pipeline at all; its
-    ``aug.policy`` is EDA, applied by the text dataset (wdiv.training.text.eda).
+    ``raw_size`` is the stored images' side (None: sizes vary, every image is resized). The
+    per-image part keeps uint8 unless a float-stage component (noise) needs [0,1] floats; with
+    ``aug.at=native`` such images are resized as floats, after the noise. A model without a pixel
+    normalisation (``mean=None``: text) has no image pipeline at all; its ``aug.policy`` is EDA,
+    applied by the text dataset (wdiv.training.text.eda).
     """
     if mean is None:
         return None, Finish(None, None)
+    at = augment_at(aug_cfg)
+    resize = [v2.Resize([size, size], antialias=True)] if raw_size != size else []
     uint8_stage, float_stage = [], []
-    if raw_size != size:
-        uint8_stage.append(v2.Resize([size, size], antialias=True))
     if train:
         for part in parse_policy(aug_cfg.policy):
             std_noise = _noise_std(part, aug_cfg)
             if std_noise is not None:
                 float_stage.append(v2.GaussianNoise(mean=0.0, sigma=std_noise, clip=True))
             else:
-                uint8_stage.append(_uint8_component(part, aug_cfg, size))
-    steps = [*uint8_stage, *([v2.ToDtype(torch.float32, scale=True), *float_stage] if float_stage else [])]
+                uint8_stage.append(_uint8_component(part, aug_cfg))
+    augment = [*uint8_stage, *([v2.ToDtype(torch.float32, scale=True), *float_stage] if float_stage else [])]
+    steps = [*resize, *augment] if at == "model" else [*augment, *resize]
     return (v2.Compose(steps) if steps else None), Finish(mean, std)
 
 
-def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int, train: bool):
+def build_transform(aug_cfg, *, mean, std, size: int, raw_size: int | None, train: bool):
     """uint8 [C,H,W] -> normalised float tensor; augmentation only when ``train``."""
     per_image, finish = build_pipeline(aug_cfg, mean=mean, std=std, size=size, raw_size=raw_size, train=train)
     return finish if per_image is None else v2.Compose([per_image, finish])

@@ -69,6 +69,8 @@ def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(dataset, TensorImages):
         return dataset.images, dataset.labels
     images, labels = zip(*(dataset[i] for i in range(len(dataset))))
+    if len({tuple(im.shape) for im in images}) > 1:
+        raise ConfigError("data.corruptions: the built-in suite needs test images of one size; set data.image_size to decode them to one square, or data.corruptions={}")
     return torch.stack(images), torch.tensor(labels)
 
 
@@ -80,5 +82,5 @@ def corrupt_suite(test, severities, seed: int = 0) -> dict[str, TensorImages]:
         if name not in CORRUPTIONS:
             raise ConfigError(f"data.corruptions.{name}: unknown corruption (known: {', '.join(CORRUPTIONS)})")
         gen = torch.Generator().manual_seed(seed * 1000 + k)
-        out[name] = TensorImages(CORRUPTIONS[name](images, float(severity), gen), labels)
+        out[name] = TensorImages(CORRUPTIONS[name](images, float(severity), gen), labels, getattr(test, "classes", None))
     return out

@@ -1,4 +1,9 @@
-"""Concrete raw datasets: scikit-learn digits (offline default), CIFAR-10/100, image folders."""
+"""In-memory raw datasets: scikit-learn digits (offline default) and CIFAR-10/100 from the
+standard local files; the stratified splitting every builder shares.
+
+Image folders (decoded lazily) live in :mod:`wdiv.training.image_folders`, Stanford Cars in
+:mod:`wdiv.training.stanford_cars`, CIFAR-10-C / CIFAR-100-C in :mod:`wdiv.training.cifar_c`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Subset
 
 from wdiv.errors import ConfigError
 from wdiv.training.splits import Splits, TensorImages, cache_root
@@ -31,7 +35,7 @@ def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) ->
     return [torch.sort(torch.cat(p)).values for p in parts]
 
 
-def _select_classes(images, labels, classes):
+def select_classes(images, labels, classes):
     """Keep ``classes`` (a list of original labels) and relabel them 0..k-1 in that order."""
     if classes is None:
         return images, labels
@@ -42,7 +46,13 @@ def _select_classes(images, labels, classes):
     return images[keep], new
 
 
-def _task_classes(data_cfg, task: str):
+def class_names(names, classes) -> list[str]:
+    """The names of the selected ``classes`` (original labels) in their new label order."""
+    return [str(n) for n in names] if classes is None else [str(names[int(c)]) for c in classes]
+
+
+def task_classes(data_cfg, task: str):
+    """The original labels of ``task``'s classes (None: all), from data.source_classes / target_classes."""
     key = "source_classes" if task == "source" else "target_classes"
     classes = data_cfg.get(key)
     if task == "source" and classes is None:
@@ -50,11 +60,13 @@ def _task_classes(data_cfg, task: str):
     return classes
 
 
-def _tensor_splits(name, images, labels, data_cfg, task) -> Splits:
-    images, labels = _select_classes(images, labels, _task_classes(data_cfg, task))
+def _tensor_splits(name, images, labels, names, data_cfg, task) -> Splits:
+    selected = task_classes(data_cfg, task)
+    images, labels = select_classes(images, labels, selected)
+    names = class_names(names, selected)
     val_frac, test_frac = float(data_cfg.val_fraction), float(data_cfg.test_fraction)
     test_idx, val_idx, train_idx = stratified_split(labels, [test_frac, val_frac], int(data_cfg.split_seed))
-    part = lambda idx: TensorImages(images[idx], labels[idx])  # noqa: E731
+    part = lambda idx: TensorImages(images[idx], labels[idx], names)  # noqa: E731
     return Splits(
         name=name,
         train=part(train_idx),
@@ -62,6 +74,7 @@ def _tensor_splits(name, images, labels, data_cfg, task) -> Splits:
         test=part(test_idx),
         num_classes=int(labels.max()) + 1,
         image_size=int(images.shape[-1]),
+        classes=names,
     )
 
 
@@ -92,95 +105,48 @@ def digits_splits(data_cfg, paths_cfg, *, task: str) -> Splits:
     size = int(data_cfg.image_size)
     big = F.interpolate(small[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
     images = big.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    return _tensor_splits("digits", images, labels, data_cfg, task)
+    return _tensor_splits("digits", images, labels, [str(d) for d in range(10)], data_cfg, task)
+
+
+def cifar_class(name: str, check_md5: bool):
+    """torchvision's CIFAR-10/100 reader; with ``check_md5=False`` a subclass whose file lists carry
+    no checksum, which torchvision's ``check_integrity`` takes as "the file exists" (a re-packed
+    copy or a test fixture in the standard pickle format reads the same way)."""
+    import torchvision
+
+    base = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    if check_md5:
+        return base
+    return type(f"{base.__name__}Unchecked", (base,), {
+        "train_list": [[f, None] for f, _ in base.train_list],
+        "test_list": [[f, None] for f, _ in base.test_list],
+        "meta": {**base.meta, "md5": None},
+    })
 
 
 def cifar_splits(data_cfg, paths_cfg, *, task: str) -> Splits:
-    """CIFAR-10/100 from torchvision; downloads only with ``data.download=true``."""
-    import torchvision
-
+    """CIFAR-10/100 from the standard python pickles under ``data.root`` (``cifar-10-batches-py`` /
+    ``cifar-100-python``), read by torchvision; class names from the meta file. Downloads only
+    with ``data.download=true``; ``data.check_md5=false`` skips torchvision's checksum of the files."""
     root = Path(str(data_cfg.root)).expanduser()
-    cls = torchvision.datasets.CIFAR10 if data_cfg.name == "cifar10" else torchvision.datasets.CIFAR100
+    cls = cifar_class(str(data_cfg.name), bool(data_cfg.get("check_md5", True)))
     try:
         train = cls(str(root), train=True, download=bool(data_cfg.download))
         test = cls(str(root), train=False, download=bool(data_cfg.download))
     except RuntimeError as err:
-        raise ConfigError(f"data.root: {data_cfg.name} not found under {root} (set data.download=true to fetch it): {err}") from None
+        raise ConfigError(f"data.root: {data_cfg.name} not found or corrupted under {root} ({err}; data.download=true fetches it, data.check_md5=false reads files that differ from the published ones)") from None
+    selected = task_classes(data_cfg, task)
+    names = class_names(train.classes, selected)
     to_t = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731
-    tr_img, tr_lab = _select_classes(to_t(train.data), torch.tensor(train.targets), _task_classes(data_cfg, task))
-    te_img, te_lab = _select_classes(to_t(test.data), torch.tensor(test.targets), _task_classes(data_cfg, task))
+    tr_img, tr_lab = select_classes(to_t(train.data), torch.tensor(train.targets), selected)
+    te_img, te_lab = select_classes(to_t(test.data), torch.tensor(test.targets), selected)
     val_idx, train_idx = stratified_split(tr_lab, [float(data_cfg.val_fraction)], int(data_cfg.split_seed))
     return Splits(
-        name=data_cfg.name,
-        train=TensorImages(tr_img[train_idx], tr_lab[train_idx]),
-        val=TensorImages(tr_img[val_idx], tr_lab[val_idx]),
-        test=TensorImages(te_img, te_lab),
-        num_classes=int(tr_lab.max()) + 1,
+        name=str(data_cfg.name),
+        train=TensorImages(tr_img[train_idx], tr_lab[train_idx], names),
+        val=TensorImages(tr_img[val_idx], tr_lab[val_idx], names),
+        test=TensorImages(te_img, te_lab, names),
+        num_classes=len(names),
         image_size=32,
-    )
-
-
-class FolderImages(Dataset):
-    """An ImageFolder tree decoded to uint8 RGB [3, S, S]; labels follow ``classes`` (by folder name)."""
-
-    def __init__(self, root: Path, size: int, classes: list[str] | None = None):
-        from torchvision.datasets import ImageFolder
-
-        folder = ImageFolder(str(root), loader=lambda p: p)
-        self.classes = classes if classes is not None else list(folder.classes)
-        unknown = sorted(set(folder.classes) - set(self.classes))
-        if unknown:
-            raise ConfigError(f"data: folder {root} has classes not in the training set: {unknown[:5]}")
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(p, index[folder.classes[t]]) for p, t in folder.samples]
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-        from torchvision.transforms.v2.functional import pil_to_tensor, resize
-
-        path, label = self.samples[i]
-        with Image.open(path) as pil:
-            image = pil_to_tensor(pil.convert("RGB"))
-        return resize(image, [self.size, self.size], antialias=True), label
-
-    @property
-    def image_size(self) -> int:
-        return self.size
-
-
-def _folder(key: str, root, size: int, classes=None) -> FolderImages:
-    if root is None:
-        raise ConfigError(f"{key}: required for data=imagefolder")
-    path = Path(str(root)).expanduser()
-    if not path.is_dir():
-        raise ConfigError(f"{key}: directory {path} does not exist")
-    return FolderImages(path, size, classes)
-
-
-def imagefolder_splits(data_cfg, *, task: str) -> Splits:
-    """train/test roots (val root optional, else a stratified slice of train) plus named OOD roots."""
-    if task == "source":
-        raise ConfigError("model.pretrained: builtin needs a dataset with a source task (use data=digits or a weights path)")
-    size = int(data_cfg.image_size)
-    train = _folder("data.train_root", data_cfg.train_root, size)
-    test = _folder("data.test_root", data_cfg.test_root, size, train.classes)
-    if data_cfg.get("val_root"):
-        val, train_part = _folder("data.val_root", data_cfg.val_root, size, train.classes), train
-    else:
-        labels = torch.tensor([lab for _, lab in train.samples])
-        val_idx, train_idx = stratified_split(labels, [float(data_cfg.val_fraction)], int(data_cfg.split_seed))
-        val, train_part = Subset(train, val_idx.tolist()), Subset(train, train_idx.tolist())
-    ood = {str(name): _folder(f"data.ood_roots.{name}", root, size, train.classes) for name, root in (data_cfg.get("ood_roots") or {}).items()}
-    return Splits(
-        name=str(data_cfg.get("id", "imagefolder")),
-        train=train_part,
-        val=val,
-        test=test,
-        num_classes=len(train.classes),
-        image_size=size,
-        ood=ood,
+        classes=names,
     )

@@ -11,20 +11,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 
 class TensorImages(Dataset):
-    """Images held in memory as one uint8 tensor [N, C, H, W] with int64 labels."""
+    """Images held in memory as one uint8 tensor [N, C, H, W] with int64 labels (and the class
+    names, ``classes[label]``, when the dataset has them)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str] | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError("TensorImages wants a uint8 tensor [N, C, H, W]")
         self.images = images
         self.labels = labels.to(torch.int64)
+        self.classes = list(classes) if classes is not None else None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -35,6 +37,18 @@ class TensorImages(Dataset):
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
+
+
+class LabelledSubset(Subset):
+    """A torch ``Subset`` that keeps the class names and image size of the dataset it selects from."""
+
+    @property
+    def classes(self):
+        return getattr(self.dataset, "classes", None)
+
+    @property
+    def image_size(self):
+        return getattr(self.dataset, "image_size", None)
 
 
 class Transformed(Dataset):
@@ -66,8 +80,9 @@ class Splits:
     val: Dataset
     test: Dataset
     num_classes: int
-    image_size: int
+    image_size: int | None  # the stored images' side; None: each image keeps its decoded size
     ood: dict[str, Dataset] = field(default_factory=dict)
+    classes: list[str] | None = None  # class names in label order (SD prompts, synthetic folders)
     synth: dict | None = None
     real_train: Dataset | None = None  # the real training split when synthetic data is mixed in
     run_info: dict = field(default_factory=dict)  # run.json fields the data adds (text: label order, EDA)

@@ -48,7 +48,7 @@ def _warn_lr(cfg) -> None:
 
 
 def validate(cfg) -> None:
-    from wdiv.training.augment import parse_policy
+    from wdiv.training.augment import augment_at, parse_policy
     from wdiv.training.optim import OPTIMIZERS
     from wdiv.training.text import is_text
     from wdiv.training.text.checks import check_text
@@ -71,6 +71,7 @@ def validate(cfg) -> None:
         check_text(cfg)
     else:
         parse_policy(cfg.aug.policy)
+        augment_at(cfg.aug)
         _check_data(cfg.data)
         _check_model(cfg.model)
     if str(cfg.model.pretrained) == "builtin" and not cfg.data.get("source_classes"):
@@ -127,6 +128,15 @@ def _check_data(data) -> None:
         root = Path(str(data.root)).expanduser()
         if not root.is_dir():
             raise ConfigError(f"data.root: {root} does not exist (set data.download=true to fetch {data.name})")
+    if data.name in ("domainnet", "office_home", "stanford_cars"):
+        root = Path(str(data.root)).expanduser()
+        if not root.is_dir():
+            raise ConfigError(f"data.root: {root} does not exist ({data.name} is read from local files)")
+        if data.name != "stanford_cars" and not (root / str(data.train_domain)).is_dir():
+            domains = sorted(p.name for p in root.iterdir() if p.is_dir())
+            raise ConfigError(f"data.train_domain: {data.train_domain!r} is not a domain folder of {root} (found: {', '.join(domains) or 'none'})")
+    if data.get("cifar_c_root") and not Path(str(data.cifar_c_root)).expanduser().is_dir():
+        raise ConfigError(f"data.cifar_c_root: directory {data.cifar_c_root} does not exist")
     if data.name == "imagefolder":
         for key in ("train_root", "test_root"):
             value = data.get(key)
