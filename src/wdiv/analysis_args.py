@@ -4,10 +4,14 @@ any file is read or written (one ConfigError line, exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
 from pathlib import Path
 
 import torch
 
+from wdiv.analysis_executor import EXECUTORS, PER_JOB, TIME_MIN
+from wdiv.analysis_targets import JOBS_FOLDER
 from wdiv.errors import ConfigError
 from wdiv.spectral.farms import DEFAULT_PRESET as FARMS_DEFAULT, PRESETS as FARMS_PRESETS, XMIN_RULES as FARMS_XMIN
 from wdiv.spectral.options import AnalyzeOptions, FarmsOptions
@@ -72,7 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--force", action="store_true", help="redo outputs that are up to date")
     o.add_argument("--jobs", type=int, default=1, help="checkpoints analysed in parallel (>= 1)")
     o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    o.add_argument("--summary", default=None, metavar="CSV",
+                   help="population table: one row per checkpoint (path, sha256, means, layers, options)")
     o.add_argument("-q", "--quiet", action="store_true")
+    x = p.add_argument_group("executor (a population across machines: wdiv.analysis_executor)")
+    x.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this process (--jobs); slurm: a SLURM job array; submitit-local: the same jobs "
+                        "as subprocesses here (default local)")
+    x.add_argument("--per-job", type=int, default=None, help=f"checkpoints per job (>= 1, default {PER_JOB})")
+    x.add_argument("--time", dest="time_min", type=int, default=None, help=f"minutes per job (default {TIME_MIN})")
+    x.add_argument("--partition", default=None, help="SLURM partition (--executor slurm)")
+    x.add_argument("--cpus", type=int, default=None, help="CPUs per job (--executor slurm)")
+    x.add_argument("--mem", dest="mem_gb", type=float, default=None, help="GB of memory per job (--executor slurm)")
+    x.add_argument("--max-parallel", type=int, default=None,
+                   help="jobs of the array running at once (--executor slurm)")
+    x.add_argument("--jobs-folder", default=None,
+                   help=f"submitit's logs and pickles (default PATH/{JOBS_FOLDER}/<time>)")
+    x.add_argument("--no-wait", action="store_true", help="print the job ids and return once submitted")
     return p
 
 
@@ -95,11 +115,42 @@ FLAGS = {"fit": "--fit", "xmax": "--xmax", "fix_fingers": "--fix-fingers", "incl
          "farms_preset": "--farms-preset", "farms_xmin": "--farms-xmin"}
 
 
+def check_executor_args(args) -> None:
+    """The executor's options: each only with an executor that uses it; submitit (and sbatch for
+    slurm) there before anything is submitted."""
+    slurm = [f for f, v in (("--partition", args.partition), ("--cpus", args.cpus), ("--mem", args.mem_gb),
+                            ("--max-parallel", args.max_parallel)) if v is not None]
+    if slurm and args.executor != "slurm":
+        raise ConfigError(f"{slurm[0]}: needs --executor slurm")
+    jobs = [f for f, on in (("--per-job", args.per_job is not None), ("--time", args.time_min is not None),
+                            ("--jobs-folder", args.jobs_folder is not None), ("--no-wait", args.no_wait)) if on]
+    if args.executor == "local":
+        if jobs:
+            raise ConfigError(f"{jobs[0]}: needs --executor slurm or submitit-local")
+        return
+    for flag, value in (("--per-job", args.per_job), ("--time", args.time_min), ("--cpus", args.cpus),
+                        ("--mem", args.mem_gb), ("--max-parallel", args.max_parallel)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag}: must be > 0, got {value}")
+    if args.out is not None:
+        raise ConfigError("--out: a single checkpoint is analysed here: drop --executor")
+    if args.summary is not None and args.no_wait:
+        raise ConfigError("--summary: needs the jobs to finish: drop --no-wait (rerun with --summary once they end)")
+    if importlib.util.find_spec("submitit") is None:
+        raise ConfigError(f"--executor {args.executor}: needs submitit (pip install 'wdiv[slurm]')")
+    if args.executor == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm: no sbatch here (run it where SLURM jobs are submitted, "
+                          "or use --executor submitit-local)")
+
+
 def check_args(args):
     """Every option checked before any file is read or written -> AnalyzeOptions; ConfigError
     ('--flag: why') for the first bad one."""
     if args.jobs < 1:
         raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+    check_executor_args(args)
+    if args.summary is not None and Path(args.summary).is_dir():
+        raise ConfigError(f"--summary: {args.summary} is a directory (give the csv's path)")
     if args.out is not None:
         if len(args.paths) > 1:
             raise ConfigError(f"--out: needs a single checkpoint, got {len(args.paths)} paths")

@@ -6,14 +6,13 @@ their index, pytorch_model.bin, sharded pytorch_model-*.bin with pytorch_model.b
 model.pt), or a tree of such directories (resume checkpoints/ excluded; training snapshots/ only
 with --snapshots). argparse, not Hydra:
 Hydra would take the paths for overrides. Every option is checked before any file is read;
-the outputs and their record are wdiv.analysis_outputs'.
+the outputs and their record are wdiv.analysis_outputs'; --executor slurm|submitit-local sends the
+checkpoints to a job array (wdiv.analysis_executor), --summary writes wdiv.analysis_population's table.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -27,137 +26,16 @@ from typing import Iterator
 
 import numpy as np
 
-from wdiv.analysis_outputs import Outcome, Target, esd_key, outputs_for, record_failure, stale_reason, write_outputs
 from wdiv.analysis_args import build_parser, check_args
+from wdiv.analysis_executor import ChunkReport, run_jobs, spec_from_args
+from wdiv.analysis_outputs import Outcome, Target, esd_key, record_failure, stale_reason, write_outputs
+from wdiv.analysis_population import population_root, write_population
+from wdiv.analysis_targets import attach_bases, discover
+from wdiv.cpus import available_cpus
 from wdiv.errors import ConfigError
-from wdiv.io import sha256_file
-from wdiv.spectral.weights import ADAPTER_CONFIG, checkpoint_files, find_adapter, find_checkpoint
+from wdiv.spectral.weights import find_adapter, find_checkpoint
 
 log = logging.getLogger("wdiv.analyze")
-
-WEIGHT_FILE = "model.safetensors"
-SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-# Files whose folder is a checkpoint directory (wdiv.spectral.weights.find_checkpoint reads them).
-SNAPSHOTS = "snapshots"  # training snapshots of a run dir (wdiv.training.snapshots)
-MARKERS = ("model.safetensors", "*.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
-           "model.pt", ADAPTER_CONFIG)  # the last: a PEFT adapter directory (wdiv.spectral.lora)
-
-
-# ------------------------------------------------------------------ discovery
-
-
-def _dir_target(d: Path, out: str | None) -> Target:
-    """A checkpoint directory: model.safetensors is the weights when there is one (a run dir),
-    otherwise the directory itself (sharded or PyTorch weights); outputs go beside them."""
-    found = find_checkpoint(d)
-    weights = found if found is not None and found.name == WEIGHT_FILE else d
-    csv, summ = outputs_for(weights, out)
-    return Target(weights, csv, summ, run_dir=d if (d / "run.json").is_file() else None)
-
-
-def _snapshot_run(d: Path) -> Path | None:
-    """The run dir of ``<run>/snapshots/epoch<E>/`` (a run.json two levels up), else None."""
-    run = d.parent.parent
-    if d.parent.name == SNAPSHOTS and d.name.startswith("epoch") and (run / "run.json").is_file():
-        return run
-    return None
-
-
-def discover(paths: list[str], out: str | None = None, snapshots: bool = False) -> list[Target]:
-    """Expand the CLI paths into targets; a path with nothing to analyse becomes an error target.
-
-    Below a tree, resume checkpoints/ are never targets and training snapshots/ only with
-    ``snapshots`` (each analysed in place, without a reference: the report takes the run's)."""
-    targets: list[Target] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_file() or (not p.exists() and p.suffix in SUFFIXES):
-            csv, summ = outputs_for(p, out)
-            run_dir = p.parent if (p.parent / "run.json").is_file() and p.name == WEIGHT_FILE else None
-            targets.append(Target(p, csv, summ, run_dir=run_dir))
-            continue
-        if not p.is_dir():
-            targets.append(Target(p, p, p, error=f"{p}: no such file or directory"))
-            continue
-        if find_checkpoint(p) is not None or find_adapter(p) is not None:
-            found = [p]
-        else:
-            found = sorted({f.parent for marker in MARKERS for f in p.rglob(marker) if f.is_file()
-                            and (f.name != ADAPTER_CONFIG or find_adapter(f.parent) is not None)})
-            found = [d for d in found if "checkpoints" not in d.relative_to(p).parts
-                     and (snapshots or SNAPSHOTS not in d.relative_to(p).parts)]
-        if not found:
-            targets.append(Target(p, p, p, error=f"{p}: no weights found (no {', '.join(MARKERS)} below it)"))
-        for d in found:
-            target = _dir_target(d, out if len(paths) == 1 and len(found) == 1 else None)
-            target.snapshot_of = _snapshot_run(d)
-            targets.append(target)
-    return targets
-
-
-def _adapter_base(folder: Path) -> Path | None:
-    """An adapter's base_model_name_or_path when it names a local checkpoint (relative: to the adapter)."""
-    try:
-        name = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(name, str) or not name:
-        return None
-    ref = Path(name) if Path(name).is_absolute() else folder / name
-    return ref if ref.exists() and (ref.is_file() or find_checkpoint(ref) is not None) else None
-
-
-def checkpoint_sha256(ref: Path) -> str:
-    """sha256 of a reference: wdiv.io's for a file or safetensors shards (as run.json records it),
-    else of the PyTorch files the directory holds, in order."""
-    files = checkpoint_files(ref)
-    if ref.is_file() or any(f.name.endswith(".safetensors") for f in files):
-        return sha256_file(ref)
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(bytes.fromhex(sha256_file(f)))
-    return digest.hexdigest()
-
-
-def attach_bases(targets: list[Target], base: str) -> None:
-    """--base: an explicit reference for every target, or 'auto' = run.json's pretrained.path."""
-    shas: dict[Path, str] = {}
-    for t in targets:
-        if t.error or t.snapshot_of is not None:  # a snapshot's reference is its run's
-            continue
-        if base != "auto":
-            ref, sha = Path(base), None
-        elif t.run_dir is None and find_adapter(t.weights) is not None:
-            ref, sha = _adapter_base(t.weights), None
-            if ref is None:
-                t.error = (f"{t.weights / ADAPTER_CONFIG}: --base without a path needs its base_model_name_or_path "
-                           "to be a local checkpoint")
-                continue
-        else:
-            if t.run_dir is None:
-                t.error = f"{t.weights}: --base without a path needs a run directory with run.json"
-                continue
-            try:
-                pre = json.loads((t.run_dir / "run.json").read_text()).get("pretrained") or {}
-            except (OSError, ValueError) as exc:
-                t.error = f"{t.run_dir / 'run.json'}: unreadable ({exc})"
-                continue
-            if not pre.get("path"):
-                t.error = f"{t.run_dir / 'run.json'}: no pretrained.path to use as --base"
-                continue
-            ref = Path(pre["path"])
-            if not ref.is_absolute():  # relative to the run dir (a scratch run's initial.safetensors), never the cwd
-                ref = t.run_dir / ref
-            sha = pre.get("sha256")
-        if not ref.exists():
-            t.error = f"{ref}: reference checkpoint not found (for {t.weights})"
-            continue
-        if sha is None:
-            if ref not in shas:
-                shas[ref] = checkpoint_sha256(ref)
-            sha = shas[ref]
-        t.base, t.base_sha = ref, sha
-
 
 # ------------------------------------------------------------------ analysis
 
@@ -167,7 +45,8 @@ def _set_threads(jobs: int) -> None:
     workers follow them) and, in a spawned worker process, numpy's BLAS threads too."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    cores = available_cpus()  # the job's CPUs: SLURM_CPUS_PER_TASK, else the affinity mask
+    threads = max(1, (cores or 1) // max(1, jobs))
     torch.set_num_threads(threads)
     if jobs > 1:
         from threadpoolctl import threadpool_limits
@@ -315,19 +194,14 @@ def _finish(t: Target, opts, res: Outcome, base_res: Outcome | None) -> tuple[bo
     return True, list(res.errors)
 
 
-def _analyse_targets(args, opts) -> int:
-    targets = discover(args.paths, args.out, snapshots=args.snapshots)
-    if args.out and len(targets) > 1:
-        print(f"error: --out: needs a single checkpoint, {args.paths[0]} holds {len(targets)}", file=sys.stderr)
-        return 2
-    if args.base:
-        attach_bases(targets, args.base)
+def _todo(targets: list[Target], opts, force: bool, save_esd: bool) -> list[Target]:
+    """The targets whose outputs are missing, damaged or out of date (all with ``force``)."""
     todo = []
     for t in targets:
         if t.error:
             continue
-        stale = None if args.force else stale_reason(t, opts, args.save_esd)
-        if not args.force and stale is None:
+        stale = None if force else stale_reason(t, opts, save_esd)
+        if not force and stale is None:
             log.info("%s: up to date, skipped (--force to redo)", t.csv)
             continue
         if stale is not None and stale.warn:  # names the file and why: "<file>: truncated (...): redone"
@@ -335,35 +209,101 @@ def _analyse_targets(args, opts) -> int:
         elif stale is not None:
             log.info("%s: redone (%s)", t.csv, stale.reason)
         todo.append(t)
+    return todo
+
+
+def analyse_and_write(todo: list[Target], opts, jobs: int = 1, progress: bool = False, plot: bool = False,
+                      save_esd: bool = False, hash_weights: bool = False):
+    """Analyse the targets (each reference once, first) and write each one's outputs as soon as it
+    and its reference are done -> ([(target, written, its error lines)] in todo order, the
+    references' own error lines)."""
     bases = {t.base_sha: t.base for t in todo if t.base is not None}
     work = {f"base:{sha}": path for sha, path in bases.items()}  # references first: targets written as they finish
     work.update({str(t.weights): t.weights for t in todo})
-    plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if args.plot else {}
-    progress = not args.quiet and sys.stderr.isatty()
+    plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if plot else {}
     results: dict[str, Outcome] = {}
-    lines: dict[int, list[str]] = {}  # target index -> its error lines, printed in target order
-    written = 0
+    done: dict[int, tuple[bool, list[str]]] = {}  # target index -> (written, its error lines)
     pending = list(todo)
     merges = {str(t.weights): t.base for t in todo if t.base is not None and find_adapter(t.weights) is not None}
-    with contextlib.closing(_run_all(work, opts, plot_dirs, args.jobs, progress, save_esd=args.save_esd,
-                                     hash_weights=bool(args.base), merge_bases=merges)) as outcomes:
+    with contextlib.closing(_run_all(work, opts, plot_dirs, jobs, progress, save_esd=save_esd,
+                                     hash_weights=hash_weights, merge_bases=merges)) as outcomes:
         for key, outcome in outcomes:
             results[key] = outcome
             for t in [t for t in pending if str(t.weights) in results
                       and (t.base is None or f"base:{t.base_sha}" in results)]:
                 pending.remove(t)
-                ok, lines[todo.index(t)] = _finish(t, opts, results[str(t.weights)],
-                                                   results.get(f"base:{t.base_sha}") if t.base is not None else None)
-                written += ok
-    errors = [t.error for t in targets if t.error] + [e for i in sorted(lines) for e in lines[i]]
-    for sha in bases:
-        errors.extend(f"(reference) {e}" for e in results[f"base:{sha}"].errors)
+                done[todo.index(t)] = _finish(t, opts, results[str(t.weights)],
+                                              results.get(f"base:{t.base_sha}") if t.base is not None else None)
+    refs = [f"(reference) {e}" for sha in bases for e in results[f"base:{sha}"].errors]
+    return [(todo[i], *done[i]) for i in sorted(done)], refs
+
+
+def analyse_chunk(chunk: list[Target], opts, settings: dict) -> ChunkReport:
+    """One job of --executor slurm|submitit-local: its chunk's checkpoints that are still to do
+    (a requeued job skips what it finished), analysed and written as analyse_and_write writes them."""
+    report = ChunkReport()
+    todo = _todo(chunk, opts, settings["force"], settings["save_esd"])
+    report.skipped = [str(t.weights) for t in chunk if t not in todo]
+    done, report.errors = analyse_and_write(todo, opts, settings["jobs"], False, settings["plot"],
+                                            settings["save_esd"], settings["hash_weights"])
+    for t, written, lines in done:
+        if written:
+            report.analysed.append(str(t.weights))
+            report.errors += lines  # failed layers of a written table
+        else:
+            report.failed[str(t.weights)] = lines
+    return report
+
+
+def _submit(args, opts, targets: list[Target], todo: list[Target]) -> tuple[int, dict[str, str]]:
+    """--executor slurm|submitit-local: the todo list over a job array; one summary once they end
+    -> (exit code, {weights: first error line} of the checkpoints that failed)."""
+    spec = spec_from_args(args)
+    settings = {"force": args.force, "save_esd": args.save_esd, "jobs": args.jobs, "plot": args.plot,
+                "hash_weights": bool(args.base)}
+    jobs, report = run_jobs(analyse_chunk, todo, opts, settings, spec, block=not args.no_wait,
+                            progress=not args.quiet and sys.stderr.isatty())
+    if report is None:
+        print(f"wdiv.analyze: {len(todo)} checkpoint(s) in {len(jobs)} job(s): {' '.join(j.job_id for j in jobs)}; "
+              f"logs in {spec.folder}; the same command without --no-wait collects them")
+        return 0, {}
+    errors = [t.error for t in targets if t.error] + [e for lines in report.failed.values() for e in lines]
+    for line in dict.fromkeys(errors + report.errors):
+        print(f"error: {line}", file=sys.stderr)
+    skipped = len(targets) - len(todo) - sum(1 for t in targets if t.error) + len(report.skipped)
+    if not args.quiet:
+        print(f"wdiv.analyze: {len(report.analysed)} analysed, {skipped} up to date, "
+              f"{len(report.failed) + sum(1 for t in targets if t.error)} failed"
+              + (f" (job logs: {spec.folder})" if jobs else ""), file=sys.stderr)
+    return (1 if errors or report.errors else 0), {w: lines[0] for w, lines in report.failed.items() if lines}
+
+
+def _run_here(args, opts, targets: list[Target], todo: list[Target]) -> tuple[int, dict[str, str]]:
+    """--executor local: this process (--jobs workers) -> as _submit."""
+    done, refs = analyse_and_write(todo, opts, args.jobs, not args.quiet and sys.stderr.isatty(), args.plot,
+                                   args.save_esd, bool(args.base))
+    errors = [t.error for t in targets if t.error] + [e for _, _, lines in done for e in lines] + refs
     for line in dict.fromkeys(errors):
         print(f"error: {line}", file=sys.stderr)
     skipped = len(targets) - len(todo) - sum(1 for t in targets if t.error)
     if not args.quiet:
-        print(f"wdiv.analyze: {written} written, {skipped} up to date, {len(set(errors))} error(s)", file=sys.stderr)
-    return 1 if errors else 0
+        print(f"wdiv.analyze: {sum(ok for _, ok, _ in done)} written, {skipped} up to date, "
+              f"{len(set(errors))} error(s)", file=sys.stderr)
+    return (1 if errors else 0), {str(t.weights): lines[0] for t, ok, lines in done if not ok and lines}
+
+
+def _analyse_targets(args, opts) -> int:
+    targets = discover(args.paths, args.out, snapshots=args.snapshots)
+    if args.out and len(targets) > 1:
+        print(f"error: --out: needs a single checkpoint, {args.paths[0]} holds {len(targets)}", file=sys.stderr)
+        return 2
+    if args.base:
+        attach_bases(targets, args.base)
+    todo = _todo(targets, opts, args.force, args.save_esd)
+    code, failures = (_run_here if args.executor == "local" else _submit)(args, opts, targets, todo)
+    if args.summary:
+        write_population(args.summary, targets, opts, population_root(args.paths), args.save_esd, failures)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

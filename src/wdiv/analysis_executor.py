@@ -1,0 +1,172 @@
+"""`wdiv.analyze --executor slurm|submitit-local`: a population's checkpoints over a submitit job array.
+
+The checkpoints still to do are cut into chunks of ``--per-job``; each job of the array analyses
+its chunk with the same per-checkpoint atomic writes as the in-process path (the job function is
+wdiv.analyze's, handed in, so this module knows nothing of how a checkpoint is analysed). What a
+job finished is on disk, so a rerun of the same command submits only what is missing, failed or
+out of date; a job that SLURM times out or preempts is requeued by submitit and skips what it
+finished. ``local`` is not here: it is the in-process path (``--jobs``).
+
+submitit is imported only where a job is submitted (the ``slurm`` extra).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from wdiv.analysis_outputs import Target, read_record
+from wdiv.analysis_targets import JOBS_FOLDER
+
+log = logging.getLogger("wdiv.analyze")
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+PER_JOB = 8
+TIME_MIN = 60
+POLL_S = 1.0  # how often the waiting command looks at its jobs
+
+
+@dataclass
+class ChunkReport:
+    """What one job did with its chunk (weights paths as the command named them); also the merged
+    account of every job once the command has waited for them."""
+
+    analysed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # up to date when the job started (e.g. requeued)
+    failed: dict[str, list[str]] = field(default_factory=dict)  # weights -> its error lines
+    errors: list[str] = field(default_factory=list)  # other lines: failed layers of written tables, references
+
+    def merge(self, other: "ChunkReport") -> None:
+        self.analysed += other.analysed
+        self.skipped += other.skipped
+        self.failed.update(other.failed)
+        self.errors += other.errors
+
+
+@dataclass
+class JobSpec:
+    """Where and how the jobs run (the executor options of the command line)."""
+
+    executor: str
+    folder: Path
+    per_job: int = PER_JOB
+    time_min: int = TIME_MIN
+    partition: str | None = None
+    cpus: int | None = None
+    mem_gb: float | None = None
+    max_parallel: int | None = None
+
+
+def jobs_folder(paths: list[str], given: str | None) -> Path:
+    """submitit's folder: --jobs-folder, else a fresh ``<PATH>/.wdiv-analyze-jobs/<time>-<pid>``
+    (the current directory's when there are several PATHs or a file)."""
+    if given:
+        return Path(given)
+    base = Path(paths[0]) if len(paths) == 1 and Path(paths[0]).is_dir() else Path(".")
+    return base / JOBS_FOLDER / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def spec_from_args(args) -> JobSpec:
+    return JobSpec(args.executor, jobs_folder(args.paths, args.jobs_folder), per_job=args.per_job or PER_JOB,
+                   time_min=args.time_min or TIME_MIN, partition=args.partition, cpus=args.cpus,
+                   mem_gb=args.mem_gb, max_parallel=args.max_parallel)
+
+
+def split(todo: list[Target], per_job: int) -> list[list[Target]]:
+    """Consecutive chunks (targets sharing a reference stay together: it is analysed once per chunk)."""
+    return [todo[i:i + per_job] for i in range(0, len(todo), per_job)]
+
+
+class ChunkJob:
+    """The callable every job of the array runs: ``analyse(chunk, opts, settings)`` from the
+    command's directory (relative paths stay valid on a compute node). ``checkpoint`` makes
+    submitit requeue it after a timeout or preemption; the requeued job re-checks its chunk."""
+
+    def __init__(self, analyse: Callable, opts, settings: dict):
+        self.analyse, self.opts, self.settings = analyse, opts, dict(settings)
+        self.cwd = os.getcwd()
+
+    def __call__(self, chunk: list[Target]) -> ChunkReport:
+        os.chdir(self.cwd)
+        return self.analyse(chunk, self.opts, self.settings)
+
+    def checkpoint(self, chunk: list[Target]):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, chunk)
+
+
+def submit(job: ChunkJob, chunks: list[list[Target]], spec: JobSpec) -> list:
+    """One job per chunk, as one SLURM array (or local subprocesses) -> submitit's jobs."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=spec.folder, cluster="slurm" if spec.executor == "slurm" else "local")
+    params = {"name": "wdiv-analyze", "timeout_min": spec.time_min}
+    if spec.executor == "slurm":
+        params.update(cpus_per_task=spec.cpus, mem_gb=spec.mem_gb, slurm_partition=spec.partition,
+                      slurm_array_parallelism=spec.max_parallel)
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    return executor.map_array(job, chunks)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _job_report(job, chunk: list[Target], since: float) -> ChunkReport:
+    """The job's own report; for a job that died (killed, out of memory, timed out for good),
+    the targets of its chunk whose record it did not write are failed, naming its log."""
+    exc = job.exception()
+    if exc is None:
+        return job.result()
+    why = f"job {job.job_id} failed ({_last_line(exc)}); log {job.paths.stderr}"
+    report = ChunkReport()
+    for t in chunk:
+        if read_record(t.summary)[0] is not None and t.summary.stat().st_mtime >= since:
+            report.analysed.append(str(t.weights))
+        else:
+            report.failed[str(t.weights)] = [f"{t.weights}: not analysed: {why}"]
+    return report
+
+
+def wait(jobs: list, chunks: list[list[Target]], since: float, progress: bool = False) -> ChunkReport:
+    """Wait for every job (submitted after ``since``) -> the merged report. An analysed checkpoint
+    must have an intact record (read back, not taken on the job's word)."""
+    from submitit.helpers import as_completed
+    from tqdm.auto import tqdm
+
+    owner = {job.job_id: chunk for job, chunk in zip(jobs, chunks)}
+    total = ChunkReport()
+    try:
+        for job in tqdm(as_completed(jobs, poll_frequency=POLL_S), total=len(jobs), desc="jobs", unit="job",
+                        disable=not progress):
+            total.merge(_job_report(job, owner[job.job_id], since))
+    except KeyboardInterrupt:
+        log.warning("stopped waiting: the jobs go on (%s); their logs: %s", " ".join(j.job_id for j in jobs),
+                    jobs[0].paths.folder if jobs else "")
+        raise
+    summaries = {str(t.weights): t.summary for chunk in chunks for t in chunk}
+    for weights in list(total.analysed):
+        record, why = read_record(summaries[weights])
+        if record is None:
+            total.analysed.remove(weights)
+            total.failed[weights] = [f"{summaries[weights]}: {why} after its job wrote it"]
+    return total
+
+
+def run_jobs(analyse: Callable, todo: list[Target], opts, settings: dict, spec: JobSpec,
+             block: bool = True, progress: bool = False) -> tuple[list, ChunkReport | None]:
+    """Submit ``todo`` in chunks -> (jobs, their merged report, or None without ``block``)."""
+    chunks = split(todo, spec.per_job)
+    if not chunks:
+        return [], ChunkReport()
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    started = time.time() - 1.0  # a record written by a job is newer (mtime granularity)
+    jobs = submit(ChunkJob(analyse, opts, settings), chunks, spec)
+    log.info("%d checkpoint(s) in %d job(s): %s", len(todo), len(jobs), spec.folder)
+    return jobs, (wait(jobs, chunks, started, progress) if block else None)

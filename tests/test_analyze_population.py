@@ -1,0 +1,289 @@
+"""wdiv.analyze over a population: --executor submitit-local job arrays (resume, --no-wait, one
+summary) and the --summary population table."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import wdiv.analysis_args as analysis_args
+import wdiv.analysis_population as population
+import wdiv.analyze as cli
+from wdiv.analysis_executor import ChunkReport, JOBS_FOLDER, _job_report
+from wdiv.analysis_outputs import read_record
+from wdiv.spectral import metrics
+
+pytest.importorskip("submitit")
+
+BROKEN = "m3"
+BROKEN_LINE = f"not a safetensors or PyTorch file: zoo/{BROKEN}/model.safetensors"
+
+
+def _weights(path: Path, seed: int, rows: int = 24) -> None:
+    g = torch.Generator().manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"fc1.weight": torch.randn(rows, 16, generator=g), "fc2.weight": torch.randn(12, rows, generator=g)},
+              str(path))
+
+
+def _zoo(root: Path, n: int = 6, rows: int = 24) -> Path:
+    """n tiny checkpoints m0..m<n-1>; m3 is not a weights file at all."""
+    for i in range(n):
+        if f"m{i}" == BROKEN:
+            (root / BROKEN).mkdir(parents=True)
+            (root / BROKEN / "model.safetensors").write_bytes(b"these bytes are no safetensors header")
+        else:
+            _weights(root / f"m{i}" / "model.safetensors", i, rows)
+    return root
+
+
+def _stamps(root: Path, names) -> dict:
+    """(inode, mtime_ns) of every output of these checkpoints: equal = not rewritten."""
+    return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for n in names for p in sorted((root / n).glob("spectra*"))}
+
+
+def _errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def _recomputed_row(zoo: Path, name: str) -> dict:
+    """A population row computed again from the checkpoint's own files."""
+    folder = zoo / name
+    table = pd.read_csv(folder / "spectra.csv")
+    summary = json.loads((folder / "spectra_summary.json").read_text())
+    means = metrics.summarize(table)
+    assert set(means) <= set(summary)  # the record's means are the table's
+    row = {"path": f"{name}/model.safetensors", "status": "ok",
+           "sha256": hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest(),
+           "n_layers": len(table), "n_failed": int((table["status"] == "failed").sum()),
+           "options": json.dumps(summary["wdiv"]["options"], sort_keys=True),
+           "record_sha256": summary["wdiv"]["record_sha256"]}
+    row.update({k: float(v) for k, v in means.items()})
+    return row
+
+
+def _assert_population(csv: Path, zoo: Path, ok: list[str], failed: dict[str, str]) -> pd.DataFrame:
+    got = pd.read_csv(csv, keep_default_na=False, na_values=[""]).set_index("path")
+    assert sorted(got.index) == sorted(f"{n}/model.safetensors" for n in ok + list(failed))
+    for name in ok:
+        want = _recomputed_row(zoo, name)
+        means = [c for c in got.columns if c not in population.FIRST + population.LAST]
+        assert means == list(metrics.summarize(pd.read_csv(zoo / name / "spectra.csv")))
+        row = got.loc[want.pop("path")]
+        for key, value in want.items():
+            if isinstance(value, float):
+                assert row[key] == pytest.approx(value, rel=1e-12, nan_ok=True), key
+            else:
+                assert row[key] == value, key
+    for name, line in failed.items():
+        row = got.loc[f"{name}/model.safetensors"]
+        assert (row["status"], row["error"]) == ("failed", line)
+        assert np.isnan(row["alpha"]) and np.isnan(row["n_layers"])
+        assert row["sha256"] == hashlib.sha256((zoo / name / "model.safetensors").read_bytes()).hexdigest()
+    return got
+
+
+def _wait_for_results(folder: Path, n: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while len(list(folder.glob("*_result.pkl"))) < n:
+        assert time.time() < deadline, f"{folder}: no result after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_a_population_through_submitit_local_jobs_resumes_and_matches_in_process(tmp_path, monkeypatch, capsys):
+    zoo = _zoo(tmp_path / "zoo")
+    shutil.copytree(zoo, tmp_path / "here")  # the same weights, analysed in this process
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["here", "-q"]) == 1
+    # an interrupted population analysis: two checkpoints were finished before it stopped
+    assert cli.main(["zoo/m0", "zoo/m1", "-q"]) == 0
+    finished = _stamps(zoo, ["m0", "m1"])
+    capsys.readouterr()
+
+    code = cli.main(["zoo", "--executor", "submitit-local", "--per-job", "2", "--summary", "population.csv"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert _errors(err) == [f"error: {BROKEN_LINE}"]
+    (folder,) = (zoo / JOBS_FOLDER).iterdir()
+    assert err.splitlines()[-1] == f"wdiv.analyze: 3 analysed, 2 up to date, 1 failed (job logs: {folder.relative_to(tmp_path)})"
+    assert len(list(folder.glob("*_result.pkl"))) == 2  # 4 checkpoints still to do, 2 per job
+    assert _stamps(zoo, ["m0", "m1"]) == finished  # not redone
+    for name in ["m0", "m1", "m2", "m4", "m5"]:  # the jobs write what this process writes
+        assert (zoo / name / "spectra.csv").read_bytes() == (tmp_path / "here" / name / "spectra.csv").read_bytes()
+        a, b = (json.loads((root / name / "spectra_summary.json").read_text()) for root in (zoo, tmp_path / "here"))
+        assert {k: v for k, v in a.items() if k != "wdiv"} == {k: v for k, v in b.items() if k != "wdiv"}
+    assert not (zoo / BROKEN / "spectra_summary.json").exists()
+    _assert_population(tmp_path / "population.csv", zoo, ["m0", "m1", "m2", "m4", "m5"], {BROKEN: BROKEN_LINE})
+
+    # the broken checkpoint is replaced: --no-wait submits it alone and returns at once
+    _weights(zoo / BROKEN / "model.safetensors", 3)
+    done = _stamps(zoo, ["m0", "m1", "m2", "m4", "m5"])
+    assert cli.main(["zoo", "--executor", "submitit-local", "--no-wait"]) == 0
+    out, err = capsys.readouterr()
+    (second,) = set((zoo / JOBS_FOLDER).iterdir()) - {folder}
+    job_id = out.split(" job(s): ")[1].split(";")[0]
+    assert out.strip() == (f"wdiv.analyze: 1 checkpoint(s) in 1 job(s): {job_id}; logs in {second.relative_to(tmp_path)}; "
+                           "the same command without --no-wait collects them")
+    _wait_for_results(second, 1)
+    assert (second / f"{job_id}_0_result.pkl").is_file()
+
+    # everything is done: nothing is submitted, nothing rewritten, the table lists all six
+    assert cli.main(["zoo", "--executor", "submitit-local", "--summary", "population.csv"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == "wdiv.analyze: 0 analysed, 6 up to date, 0 failed"
+    assert len(list((zoo / JOBS_FOLDER).iterdir())) == 2
+    assert _stamps(zoo, ["m0", "m1", "m2", "m4", "m5"]) == done
+    _assert_population(tmp_path / "population.csv", zoo, ["m0", "m1", "m2", "m3", "m4", "m5"], {})
+
+
+class _DeadJob:
+    job_id = "4242_1"
+
+    def __init__(self, folder: Path):
+        self.paths = type("Paths", (), {"stderr": folder / "4242_1_0_log.err"})()
+
+    def exception(self):
+        return RuntimeError("Job 4242_1 (task: 0) failed\nsubmitit traceback...\nslurmstepd: error: Exceeded memory")
+
+
+def test_a_dead_job_fails_only_what_it_left_undone_naming_its_log(tmp_path, monkeypatch):
+    zoo = _zoo(tmp_path / "zoo", n=3)
+    monkeypatch.chdir(tmp_path)
+    targets = cli.discover(["zoo"])
+    assert cli.main(["zoo/m0", "-q"]) == 0  # the job wrote this one's record before it died
+    report = _job_report(_DeadJob(zoo / JOBS_FOLDER), targets, since=time.time() - 60)
+    line = f"job 4242_1 failed (slurmstepd: error: Exceeded memory); log {zoo / JOBS_FOLDER / '4242_1_0_log.err'}"
+    assert report == ChunkReport(analysed=["zoo/m0/model.safetensors"], failed={
+        f"zoo/{n}/model.safetensors": [f"zoo/{n}/model.safetensors: not analysed: {line}"] for n in ("m1", "m2")})
+    old = _job_report(_DeadJob(zoo / JOBS_FOLDER), targets, since=time.time() + 60)  # a record from before the job
+    assert old.analysed == [] and len(old.failed) == 3
+
+
+@pytest.mark.parametrize("extra,line", [
+    (["--executor", "slurm"], "--executor slurm: no sbatch here (run it where SLURM jobs are submitted, "
+                              "or use --executor submitit-local)"),
+    (["--partition", "gpu"], "--partition: needs --executor slurm"),
+    (["--executor", "submitit-local", "--mem", "8"], "--mem: needs --executor slurm"),
+    (["--no-wait"], "--no-wait: needs --executor slurm or submitit-local"),
+    (["--per-job", "4"], "--per-job: needs --executor slurm or submitit-local"),
+    (["--executor", "submitit-local", "--per-job", "0"], "--per-job: must be > 0, got 0"),
+    (["--executor", "submitit-local", "--no-wait", "--summary", "p.csv"],
+     "--summary: needs the jobs to finish: drop --no-wait (rerun with --summary once they end)"),
+    (["--executor", "submitit-local", "--out", "x.csv"], "--out: a single checkpoint is analysed here: drop --executor"),
+    (["--summary", "zoo"], "--summary: zoo is a directory (give the csv's path)"),
+    (["--executor", "sge"], "argument --executor: invalid choice: 'sge' (choose from 'local', 'submitit-local', "
+                            "'slurm') (python -m wdiv.analyze --help)"),
+])
+def test_a_bad_executor_option_is_one_line_exit_2_and_nothing_is_written(tmp_path, monkeypatch, capsys, extra, line):
+    _zoo(tmp_path / "zoo", n=2)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(analysis_args.shutil, "which", lambda name: None)  # no SLURM here, whatever the machine
+    before = sorted(tmp_path.rglob("*"))
+    try:
+        code = cli.main(["zoo", *extra])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_without_submitit_the_executor_is_an_option_error(tmp_path, monkeypatch, capsys):
+    _zoo(tmp_path / "zoo", n=1)
+    real = analysis_args.importlib.util.find_spec
+    monkeypatch.setattr(analysis_args.importlib.util, "find_spec", lambda name, *a: None if name == "submitit"
+                        else real(name, *a))
+    assert cli.main([str(tmp_path / "zoo"), "--executor", "submitit-local"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --executor submitit-local: needs submitit (pip install 'wdiv[slurm]')"]
+    assert not list((tmp_path / "zoo").rglob("spectra*"))
+
+
+def test_the_population_table_of_an_in_process_run(tmp_path, monkeypatch, capsys):
+    zoo = _zoo(tmp_path / "zoo", n=5)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo", "--summary", "out/population.csv", "-q"]) == 1
+    table = _assert_population(tmp_path / "out" / "population.csv", zoo, ["m0", "m1", "m2", "m4"],
+                               {BROKEN: BROKEN_LINE})
+    assert list(table.reset_index().columns[:6]) == ["path", "status", "error", "sha256", "n_layers", "n_failed"]
+    # a rewrite hashes only the checkpoints whose record changed since the previous table
+    hashed = []
+    real = population.checkpoint_sha256
+    monkeypatch.setattr(population, "checkpoint_sha256", lambda p: hashed.append(p) or real(p))
+    assert cli.main(["zoo", "--summary", "out/population.csv", "-q"]) == 1
+    assert hashed == [Path("zoo/m3/model.safetensors")]  # the failed one: it has no record to vouch for it
+    hashed.clear()
+    assert cli.main(["zoo", "--summary", "out/population.csv", "--fit", "hill", "-q"]) == 1  # every record new
+    assert len(hashed) == 5
+    _assert_population(tmp_path / "out" / "population.csv", zoo, ["m0", "m1", "m2", "m4"], {BROKEN: BROKEN_LINE})
+
+
+def test_a_damaged_missing_or_stale_checkpoint_is_a_row_with_its_reason(tmp_path, monkeypatch):
+    zoo = _zoo(tmp_path / "zoo", n=3)
+    _weights(zoo / "m3" / "model.safetensors", 3)
+    _weights(zoo / "m4" / "model.safetensors", 4)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo/m0", "zoo/m1", "zoo/m3", "-q"]) == 0
+    (zoo / "m1" / "spectra.csv").write_text("layer_id\n")
+    os.utime(zoo / "m3" / "model.safetensors", ns=(1, 1))  # the weights changed since their analysis
+    targets = cli.discover(["zoo"])
+    opts = analysis_args.check_args(analysis_args.build_parser().parse_args(["zoo"]))
+    df = population.write_population("p.csv", targets, opts, Path("zoo")).set_index("path")
+    assert list(df["status"]) == ["ok", "damaged", "missing", "stale", "missing"]
+    assert df.loc["m1/model.safetensors", "error"].startswith("zoo/m1/spectra.csv: ")
+    assert df.loc["m2/model.safetensors", "error"] == "not analysed yet"
+    assert df.loc["m3/model.safetensors", "error"] == "the weights changed since"
+    assert df.loc["m0/model.safetensors", "alpha"] == record_alpha(zoo / "m0")
+    assert df.loc[["m1/model.safetensors", "m3/model.safetensors"], "alpha"].isna().all()
+
+
+def record_alpha(folder: Path) -> float:
+    return json.loads((folder / "spectra_summary.json").read_text())["alpha"]
+
+
+def test_discovery_never_takes_the_jobs_folder_for_checkpoints(tmp_path):
+    zoo = _zoo(tmp_path / "zoo", n=2)
+    _weights(zoo / JOBS_FOLDER / "old" / "model.safetensors", 9)
+    assert [t.weights for t in cli.discover([str(zoo)])] == [zoo / "m0" / "model.safetensors",
+                                                           zoo / "m1" / "model.safetensors"]
+
+
+@pytest.mark.slow  # subprocesses that import torch, and a clean run to compare with: ~1 min on the 2-core box
+def test_a_killed_population_analysis_resumes_without_redoing_finished_checkpoints(tmp_path):
+    zoo = _zoo(tmp_path / "zoo", n=8, rows=300)
+    shutil.rmtree(zoo / BROKEN)
+    shutil.copytree(zoo, tmp_path / "clean")
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])}
+    assert subprocess.run([sys.executable, "-m", "wdiv.analyze", "clean", "-q"], cwd=tmp_path, env=env).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "wdiv.analyze", "zoo", "--executor", "submitit-local",
+                             "--per-job", "2", "-q"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(zoo.glob("*/spectra_summary.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the command and every job it started
+    proc.wait()
+    finished = [p.parent.name for p in zoo.glob("*/spectra_summary.json") if read_record(p)[0] is not None]
+    assert finished  # the kill came after at least one record
+    if len(finished) == 7:
+        pytest.skip("every checkpoint was done before the kill (machine too fast for this check)")
+    stamps = _stamps(zoo, finished)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert cli.main(["zoo", "--executor", "submitit-local", "--per-job", "2", "-q"]) == 0
+    finally:
+        os.chdir(cwd)
+    assert _stamps(zoo, finished) == stamps
+    for name in [p.name for p in zoo.iterdir() if p.name != JOBS_FOLDER]:
+        assert (zoo / name / "spectra.csv").read_bytes() == (tmp_path / "clean" / name / "spectra.csv").read_bytes()
