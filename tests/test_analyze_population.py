@@ -287,3 +287,28 @@ def test_a_killed_population_analysis_resumes_without_redoing_finished_checkpoin
     assert _stamps(zoo, finished) == stamps
     for name in [p.name for p in zoo.iterdir() if p.name != JOBS_FOLDER]:
         assert (zoo / name / "spectra.csv").read_bytes() == (tmp_path / "clean" / name / "spectra.csv").read_bytes()
+
+
+def test_slurm_options_reach_the_sbatch_script_of_one_job_array(tmp_path, monkeypatch, capsys):
+    """A stand-in sbatch keeps the script submitit hands it: the options are SLURM's, one array."""
+    zoo = _zoo(tmp_path / "zoo", n=5)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # named in the script, never run here
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo", "--executor", "slurm", "--partition", "cpu", "--time", "120", "--cpus", "8", "--mem", "32",
+                     "--per-job", "2", "--max-parallel", "2", "--no-wait"]) == 0
+    out = capsys.readouterr().out.strip()
+    (folder,) = (zoo / JOBS_FOLDER).iterdir()
+    assert out == (f"wdiv.analyze: 5 checkpoint(s) in 3 job(s): 4242_0 4242_1 4242_2; "
+                   f"logs in {folder.relative_to(tmp_path)}; the same command without --no-wait collects them")
+    script = (tmp_path / "submitted.sh").read_text().splitlines()
+    for line in ("#SBATCH --partition=cpu", "#SBATCH --time=120", "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32GB",
+                 "#SBATCH --array=0-2%2", "#SBATCH --job-name=wdiv-analyze"):
+        assert line in script
+    assert len(list(folder.glob("4242_*_submitted.pkl"))) == 3  # one chunk pickled per array task
+    assert not list(zoo.rglob("spectra*"))  # nothing ran here

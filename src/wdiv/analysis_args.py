@@ -138,8 +138,9 @@ def check_executor_args(args) -> None:
         raise ConfigError("--summary: needs the jobs to finish: drop --no-wait (rerun with --summary once they end)")
     if importlib.util.find_spec("submitit") is None:
         raise ConfigError(f"--executor {args.executor}: needs submitit (pip install 'wdiv[slurm]')")
-    if args.executor == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm: no sbatch here (run it where SLURM jobs are submitted, "
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if args.executor == "slurm" and missing:
+        raise ConfigError(f"--executor slurm: no {missing[0]} here (run it where SLURM jobs are submitted, "
                           "or use --executor submitit-local)")
 
 

@@ -27,7 +27,7 @@ log = logging.getLogger("wdiv.analyze")
 EXECUTORS = ("local", "submitit-local", "slurm")
 PER_JOB = 8
 TIME_MIN = 60
-POLL_S = 1.0  # how often the waiting command looks at its jobs
+POLL_S = {"slurm": 10.0, "submitit-local": 0.5}  # how often the waiting command looks at its jobs
 
 
 @dataclass
@@ -134,7 +134,8 @@ def _job_report(job, chunk: list[Target], since: float) -> ChunkReport:
     return report
 
 
-def wait(jobs: list, chunks: list[list[Target]], since: float, progress: bool = False) -> ChunkReport:
+def wait(jobs: list, chunks: list[list[Target]], since: float, poll_s: float = 1.0,
+         progress: bool = False) -> ChunkReport:
     """Wait for every job (submitted after ``since``) -> the merged report. An analysed checkpoint
     must have an intact record (read back, not taken on the job's word)."""
     from submitit.helpers import as_completed
@@ -143,7 +144,7 @@ def wait(jobs: list, chunks: list[list[Target]], since: float, progress: bool = 
     owner = {job.job_id: chunk for job, chunk in zip(jobs, chunks)}
     total = ChunkReport()
     try:
-        for job in tqdm(as_completed(jobs, poll_frequency=POLL_S), total=len(jobs), desc="jobs", unit="job",
+        for job in tqdm(as_completed(jobs, poll_frequency=poll_s), total=len(jobs), desc="jobs", unit="job",
                         disable=not progress):
             total.merge(_job_report(job, owner[job.job_id], since))
     except KeyboardInterrupt:
@@ -169,4 +170,4 @@ def run_jobs(analyse: Callable, todo: list[Target], opts, settings: dict, spec: 
     started = time.time() - 1.0  # a record written by a job is newer (mtime granularity)
     jobs = submit(ChunkJob(analyse, opts, settings), chunks, spec)
     log.info("%d checkpoint(s) in %d job(s): %s", len(todo), len(jobs), spec.folder)
-    return jobs, (wait(jobs, chunks, started, progress) if block else None)
+    return jobs, (wait(jobs, chunks, started, POLL_S[spec.executor], progress) if block else None)

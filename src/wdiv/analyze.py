@@ -333,5 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(s, handler)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # main() of wdiv.analyze, not of __main__: the job function is then pickled by name
+    from wdiv.analyze import main as _main
+
+    sys.exit(_main())
