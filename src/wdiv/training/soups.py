@@ -102,6 +102,8 @@ class Member:
 
 @dataclass
 class Group:
+    """Runs souped together: one start, recipe, model and data, and the same ``--group`` values."""
+
     cell: tuple  # model, data, recipe, pretrained sha256
     keys: tuple[str, ...]
     name: str  # the group's label: run.json level of its soups
