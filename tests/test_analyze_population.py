@@ -312,3 +312,21 @@ def test_slurm_options_reach_the_sbatch_script_of_one_job_array(tmp_path, monkey
         assert line in script
     assert len(list(folder.glob("4242_*_submitted.pkl"))) == 3  # one chunk pickled per array task
     assert not list(zoo.rglob("spectra*"))  # nothing ran here
+
+
+def test_a_refused_submission_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    _zoo(tmp_path / "zoo", n=2)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "sbatch: error: invalid partition specified: nope" >&2\nexit 1\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo", "--executor", "slurm", "--partition", "nope", "--summary", "p.csv"]) == 2
+    err = capsys.readouterr().err  # sbatch's own stderr, if it reaches ours, then one line of wdiv's
+    assert _errors(err) == ["error: --executor slurm: the job array was not submitted "
+                            "(sbatch: error: invalid partition specified: nope)"]
+    assert "Traceback" not in err
+    assert not list(tmp_path.rglob("spectra*")) and not (tmp_path / "p.csv").exists()

@@ -21,6 +21,7 @@ from typing import Callable
 
 from wdiv.analysis_outputs import Target, read_record
 from wdiv.analysis_targets import JOBS_FOLDER
+from wdiv.errors import ConfigError
 
 log = logging.getLogger("wdiv.analyze")
 
@@ -110,7 +111,10 @@ def submit(job: ChunkJob, chunks: list[list[Target]], spec: JobSpec) -> list:
         params.update(cpus_per_task=spec.cpus, mem_gb=spec.mem_gb, slurm_partition=spec.partition,
                       slurm_array_parallelism=spec.max_parallel)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    return executor.map_array(job, chunks)
+    try:
+        return executor.map_array(job, chunks)
+    except Exception as exc:  # sbatch refused it (partition, limits, ...): one line, nothing ran
+        raise ConfigError(f"--executor {spec.executor}: the job array was not submitted ({_last_line(exc)})") from exc
 
 
 def _last_line(exc: BaseException) -> str:

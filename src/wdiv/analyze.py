@@ -261,13 +261,17 @@ def _submit(args, opts, targets: list[Target], todo: list[Target]) -> tuple[int,
     spec = spec_from_args(args)
     settings = {"force": args.force, "save_esd": args.save_esd, "jobs": args.jobs, "plot": args.plot,
                 "hash_weights": bool(args.base)}
-    jobs, report = run_jobs(analyse_chunk, todo, opts, settings, spec, block=not args.no_wait,
-                            progress=not args.quiet and sys.stderr.isatty())
+    try:
+        jobs, report = run_jobs(analyse_chunk, todo, opts, settings, spec, block=not args.no_wait,
+                                progress=not args.quiet and sys.stderr.isatty())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, {}
     if report is None:
         print(f"wdiv.analyze: {len(todo)} checkpoint(s) in {len(jobs)} job(s): {' '.join(j.job_id for j in jobs)}; "
               f"logs in {spec.folder}; the same command without --no-wait collects them")
         return 0, {}
-    errors = [t.error for t in targets if t.error] + [e for lines in report.failed.values() for e in lines]
+    errors = [t.error for t in targets if t.error] + [e for t in todo for e in report.failed.get(str(t.weights), [])]
     for line in dict.fromkeys(errors + report.errors):
         print(f"error: {line}", file=sys.stderr)
     skipped = len(targets) - len(todo) - sum(1 for t in targets if t.error) + len(report.skipped)
@@ -301,7 +305,7 @@ def _analyse_targets(args, opts) -> int:
         attach_bases(targets, args.base)
     todo = _todo(targets, opts, args.force, args.save_esd)
     code, failures = (_run_here if args.executor == "local" else _submit)(args, opts, targets, todo)
-    if args.summary:
+    if args.summary and code != 2:
         write_population(args.summary, targets, opts, population_root(args.paths), args.save_esd, failures)
     return code
 
