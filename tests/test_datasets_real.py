@@ -153,6 +153,16 @@ def test_office_home_is_the_same_reader_and_image_size_decodes_to_a_square(tmp_p
     assert max(capped.ood["Art"][3][0].shape[-2:]) == 12  # 32 x 24 stored, longer side capped
 
 
+def test_built_in_corruptions_of_folder_images_need_one_decoded_size(tmp_path):
+    root = write_domains(tmp_path / "dn")
+    corrupt = "data.corruptions={contrast: 0.3}"
+    with pytest.raises(ConfigError, match=r"^data\.corruptions: the built-in suite needs test images of one size"):
+        splits_of("data=domainnet", f"data.root={root}", corrupt)
+    splits = splits_of("data=domainnet", f"data.root={root}", corrupt, "data.image_size=16")
+    assert list(splits.ood) == ["clipart", "sketch", "contrast"] and splits.ood["contrast"].images.shape[1:] == (3, 16, 16)
+    assert splits.ood["contrast"].classes == ["apple", "bus", "cat"]
+
+
 def test_stanford_cars_from_torchvision_layout_and_from_folders(tmp_path):
     write_stanford_cars(tmp_path / "cars")
     splits = splits_of("data=stanford_cars", f"data.root={tmp_path / 'cars'}", "data.val_fraction=0.34")

@@ -7,7 +7,6 @@ Image folders (decoded lazily) live in :mod:`wdiv.training.image_folders`, Stanf
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -15,8 +14,6 @@ import torch.nn.functional as F
 
 from wdiv.errors import ConfigError
 from wdiv.training.splits import Splits, TensorImages, cache_root
-
-log = logging.getLogger(__name__)
 
 
 def stratified_split(labels: torch.Tensor, fractions: list[float], seed: int) -> list[torch.Tensor]:
