@@ -155,7 +155,7 @@ def test_office_home_is_the_same_reader_and_image_size_decodes_to_a_square(tmp_p
 
 def test_built_in_corruptions_of_folder_images_need_one_decoded_size(tmp_path):
     root = write_domains(tmp_path / "dn")
-    corrupt = "data.corruptions={contrast: 0.3}"
+    corrupt = "+data.corruptions.contrast=0.3"
     with pytest.raises(ConfigError, match=r"^data\.corruptions: the built-in suite needs test images of one size"):
         splits_of("data=domainnet", f"data.root={root}", corrupt)
     splits = splits_of("data=domainnet", f"data.root={root}", corrupt, "data.image_size=16")
