@@ -91,15 +91,22 @@ def _directory(key: str, value) -> Path:
     return path
 
 
+def class_folders(root: Path, where: str) -> list[str]:
+    """The class folders of ``root``, sorted (ImageFolder's label order)."""
+    from torchvision.datasets.folder import find_classes
+
+    try:
+        return list(find_classes(str(root))[0])
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no class folders in {root}") from None
+
+
 def folder_samples(root: Path, classes: Sequence[str] | None, where: str) -> tuple[list[str], list[Sample]]:
     """(class names, samples) of ``root/<class>/<image>``; labels follow ``classes`` by name when
     given (a class folder outside it is refused with one line naming ``where``)."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-    try:
-        found, _ = find_classes(str(root))
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no class folders in {root}") from None
+    found = class_folders(root, where)
     names = list(found) if classes is None else list(classes)
     unknown = sorted(set(found) - set(names))
     if unknown:
@@ -222,17 +229,18 @@ def domain_splits(data_cfg, *, task: str) -> Splits:
     if train_domain not in domains:
         raise ConfigError(f"data.train_domain: {train_domain!r} is not a domain of {root} (found: {', '.join(domains) or 'none'})")
     opts = decode_options(data_cfg)
-    classes, all_samples = folder_samples(root / train_domain, None, f"data.train_domain ({train_domain})")
     train_list, test_list = _split_list(root, train_domain, "train", data_cfg), _split_list(root, train_domain, "test", data_cfg)
-    if train_list is not None and test_list is not None:
+    if train_list is not None and test_list is not None:  # the lists name the images: no walk of the tree
+        classes = class_folders(root / train_domain, f"data.train_domain ({train_domain})")
         fit = FolderImages(read_split_list(train_list, root, classes, train_domain), classes, **opts)
         test = FolderImages(read_split_list(test_list, root, classes, train_domain), classes, **opts)
         held_out = test_list.name
     else:
-        everything = FolderImages(all_samples, classes, **opts)
-        test_idx, fit_idx = stratified_split(torch.tensor(everything.targets), [float(data_cfg.test_fraction)], int(data_cfg.split_seed))
-        fit = FolderImages([all_samples[i] for i in fit_idx.tolist()], classes, **opts)
-        test = FolderImages([all_samples[i] for i in test_idx.tolist()], classes, **opts)
+        classes, samples = folder_samples(root / train_domain, None, f"data.train_domain ({train_domain})")
+        labels = torch.tensor([label for _, label in samples])
+        test_idx, fit_idx = stratified_split(labels, [float(data_cfg.test_fraction)], int(data_cfg.split_seed))
+        fit = FolderImages([samples[i] for i in fit_idx.tolist()], classes, **opts)
+        test = FolderImages([samples[i] for i in test_idx.tolist()], classes, **opts)
         held_out = f"stratified {float(data_cfg.test_fraction):g}"
     train, val = val_split(fit, data_cfg)
     ood = {}
