@@ -17,6 +17,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 
+from wdiv.cpus import available_cpus
 from wdiv.diversity import measure_training_set, pre_logits_encoder
 from wdiv.train import CONFIG_DIR
 from wdiv.training import models, pretrained
@@ -40,7 +41,7 @@ ARMS = [
 def measure(overrides: list[str]) -> tuple[dict, float]:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    rt = runtime(cfg.trainer)
+    rt = runtime(cfg.trainer, available_cpus())
     seed = int(cfg.seed)
     splits = build_splits(cfg.data, cfg.paths, task="target", synth_cfg=cfg.get("synth"), seed=seed)
     start = pretrained.resolve(cfg, rt)
@@ -48,7 +49,7 @@ def measure(overrides: list[str]) -> tuple[dict, float]:
     if start is not None:
         from wdiv.training.checkpoint import load_weights
 
-        models.load_backbone(model, load_weights(start["path"]), start["path"])
+        models.load_backbone(model, load_weights(start[0]), start[0])
     mean, std = models.normalisation(model, cfg.model)
     size = int(cfg.model.img_size)
     augmented = str(cfg.aug.policy) not in ("none", "")

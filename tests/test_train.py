@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from wdiv.train import CONFIG_DIR
+from wdiv.references import resolve_pretrained
 
 TINY = ["model=vit_micro", "trainer.epochs=1", "trainer.progress=false", "diversity.compute=false"]
 # text_* experiments need a text model and data: tests/test_text_cli.py runs them
@@ -96,7 +97,8 @@ def test_every_exp_runs_end_to_end_through_the_cli(exp, every_exp_run):
     m = info["metrics"]
     assert 0.0 <= m["test_acc"] <= 1.0 and 0.0 <= m["test_ece"] <= 1.0 and m["test_loss"] > 0
     assert set(m["ood"]) == {"gaussian_noise", "gaussian_blur", "contrast", "rotation", "elastic"}
-    pre = Path(info["pretrained"]["path"])
+    assert info["pretrained"]["relative_to"] == "cache" and not Path(info["pretrained"]["path"]).is_absolute()
+    pre = resolve_pretrained(info["pretrained"], run_dir)  # in $WDIV_CACHE
     assert pre.exists() and len(info["pretrained"]["sha256"]) == 64 and info["pretrained"]["kind"] == "builtin"
     assert weights(run_dir).keys() == load_file(str(pre)).keys()
     assert "${" not in (run_dir / "config.yaml").read_text()  # resolved

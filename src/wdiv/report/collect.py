@@ -24,6 +24,8 @@ from typing import Callable
 
 import pandas as pd
 
+from wdiv.errors import InputError
+from wdiv.references import resolve_pretrained
 from wdiv.report import checks
 from wdiv.report.cells import annotate
 from wdiv.report.checks import BASE, RUN_FILE, SPECTRA, RunSkipped
@@ -137,8 +139,10 @@ class ReferenceSpectra:
         if options is None:
             raise RunSkipped("no spectra_base.csv, and no spectra_summary.json recording the options spectra.csv was "
                              "made with: rerun `python -m wdiv.analyze RUNS_DIR --base`")
-        if not Path(path).is_absolute():
-            path = str(run_dir / path)
+        try:
+            path = str(resolve_pretrained(pretrained, run_dir))  # this machine's cache; a scratch run's own dir
+        except InputError as err:
+            raise RunSkipped(f"no spectra_base.csv and {err}") from None
         key = (sha or str(path), json.dumps(options, sort_keys=True))
         if key not in self._cache:
             self._cache[key] = self._compute(path, options)

@@ -6,7 +6,9 @@ compare the fine-tuned weights against. A file lock makes parallel jobs build it
 A from-scratch run (``model.pretrained=none``) keeps its seeded initial weights in its own run
 directory instead (:func:`record_initial`).
 
-run.json ``pretrained`` is ``{path, sha256, kind}``; ``kind`` says where the weights came from:
+run.json ``pretrained`` is ``{path, sha256, kind}``, and a checkpoint in the cache is recorded
+relative to it (``relative_to: "cache"``, see :mod:`wdiv.references`), so the run directory can be
+analysed on another machine with its own cache; ``kind`` says where the weights came from:
 ``builtin`` (pretrained here on the source task), ``hub`` (timm's download), ``file`` (the
 weights file named by ``model.pretrained``) or ``initial`` (from scratch: the model as created
 with the run's seed, ``path`` relative to the run directory).
@@ -24,6 +26,7 @@ from omegaconf import OmegaConf
 from wdiv.errors import ConfigError
 from wdiv.io import sha256_file, write_json
 from wdiv.locks import locked
+from wdiv.references import pretrained_record
 from wdiv.training import text
 from wdiv.training.checkpoint import load_weights, save_weights
 from wdiv.training.splits import cache_root
@@ -34,24 +37,26 @@ log = logging.getLogger(__name__)
 BUILTIN_DATA_KEYS = ("name", "source_classes", "image_size", "split_seed", "val_fraction", "test_fraction")
 
 
-def resolve(cfg, rt) -> dict | None:
-    """{path, sha256, kind} of the starting weights, building/downloading them if needed; None for scratch."""
+def resolve(cfg, rt) -> tuple[Path, dict] | None:
+    """(local path, run.json ``pretrained`` record) of the starting weights, building or
+    downloading them if needed; None for a from-scratch run."""
     spec = str(cfg.model.pretrained)
     if spec == "none":
         return None
+    cache = cache_root(cfg.paths)
     if spec == "builtin":
         path = ensure_builtin(cfg, rt)
     elif spec == "hub" and text.is_text_model(cfg.model):  # a Hugging Face encoder (hub id or local dir)
-        path = text_models.ensure_hf(cfg.model, cache_root(cfg.paths))
+        path = text_models.ensure_hf(cfg.model, cache)
     elif spec == "hub":
         path = ensure_hub(cfg)
     else:
         from wdiv.training.models import local_weights_path
 
         path = local_weights_path(spec).resolve()
-        return {"path": str(path), "sha256": sha256_file(path), "kind": "file"}
+        return path, {"path": str(path), "sha256": sha256_file(path), "kind": "file"}
     meta = json.loads((path.parent / "pretrained.json").read_text())
-    return {"path": str(path), "sha256": meta["sha256"], "kind": spec}
+    return path, pretrained_record(path, meta["sha256"], spec, cache)
 
 
 def record_initial(model, path: Path) -> dict:

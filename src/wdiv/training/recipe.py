@@ -26,12 +26,13 @@ Rule = dict[str, "set[str] | None"]
 #   trainer.progress: tqdm bars; trainer.resume/stop_after_epoch: restart mechanics
 #   trainer.snapshot_every: copies of the weights along the way (run.json snapshots lists them)
 #   trainer.eval_batch_size: evaluation batching (the model is in eval mode: same predictions)
+#   trainer.channels_last/compile: memory layout and compiled kernels of the same model and recipe
 #   paths: where runs, data and caches live; diversity: a measurement of the training set made
 #   before training, which does not touch the model; hydra: the launcher's own settings.
 # trainer.precision stays in: bf16 autocast and fp32 are different arithmetic.
 EXECUTION_KEYS: Rule = {
     "trainer": {"threads", "device", "num_workers", "progress", "resume", "stop_after_epoch", "eval_batch_size",
-                "snapshot_every"},
+                "snapshot_every", "channels_last", "compile"},
     "paths": None,
     "diversity": None,
     "hydra": None,

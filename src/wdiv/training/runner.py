@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -84,17 +83,31 @@ def _same_level(a, b) -> bool:
     return a == b
 
 
-def runtime(trainer) -> Runtime:
+def runtime(trainer, cpus: int = 1) -> Runtime:
+    """The Runtime ``trainer`` asks for; ``cpus`` is what the entry point found this process may
+    use (wdiv.cpus.available_cpus: SLURM's or the affinity mask's count), never asked here."""
     threads = int(trainer.threads)
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads > 0 else max(1, int(cpus)))
     name = str(trainer.device)
     device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
     workers = trainer.num_workers
-    workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if workers == "auto" else int(workers)
+    workers = (0 if device.type == "cpu" else min(8, max(0, int(cpus) - 1))) if str(workers) == "auto" else int(workers)
     precision = str(trainer.precision)
     bf16 = device.type == "cuda" and precision in ("auto", "bf16")
     return Runtime(device=device, num_workers=workers, bf16=bf16, progress=show_progress(trainer.progress))
+
+
+def is_convolutional(model: torch.nn.Module) -> bool:
+    """More than one 2-d convolution: a CNN (a ViT has just its patch embedding)."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+
+
+def use_channels_last(trainer, model: torch.nn.Module, rt: Runtime) -> bool:
+    """trainer.channels_last: auto = CNNs on CUDA (NHWC convolutions); true / false force it."""
+    setting = str(trainer.get("channels_last", "auto")).lower()
+    if setting == "auto":
+        return rt.device.type == "cuda" and is_convolutional(model)
+    return setting == "true"
 
 
 def show_progress(setting) -> bool:
@@ -196,13 +209,14 @@ def write_history(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def run(cfg, out_dir: Path) -> dict:
+def run(cfg, out_dir: Path, *, cpus: int = 1) -> dict:
     """Train, evaluate and write ``out_dir``; returns the run.json dict.
 
     Raises ConfigError before writing anything when the config is bad, InputError naming the
     file when a resume state or an earlier run's record is damaged, and
     :class:`~wdiv.training.interrupts.Interrupted` (run.json status "interrupted") after a stop
-    signal; the same call then resumes.
+    signal; the same call then resumes. ``cpus``: the CPUs the entry point found for this
+    process (threads for ``trainer.threads=0``, workers for ``trainer.num_workers=auto``).
     """
     start = time.time()
     out_dir = Path(out_dir)
@@ -218,7 +232,7 @@ def run(cfg, out_dir: Path) -> dict:
     write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
     write_json(out_dir / "run.json", info)
     try:
-        info = _execute(cfg, out_dir, info, start)
+        info = _execute(cfg, out_dir, info, start, cpus)
     except StopRequested as stop:  # the test hook: as if killed, run.json stays "running"
         log.warning("%s; rerun the same command to resume", stop)
         write_json(out_dir / "run.json", {**info, "note": str(stop)})
@@ -241,14 +255,14 @@ def _resume_epoch(ckpt_dir: Path) -> int:
         return 0
 
 
-def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
+def _execute(cfg, out_dir: Path, info: dict, start: float, cpus: int) -> dict:
     from wdiv.training import models, pretrained
     from wdiv.training.augment import build_pipeline
     from wdiv.training.data import build_splits, transformed
-    from wdiv.training.loop import evaluate
+    from wdiv.training.loop import compile_model, evaluate
     from wdiv.training.optim import build_optimizer
 
-    rt = runtime(cfg.trainer)
+    rt = runtime(cfg.trainer, cpus)
     seed = int(cfg.seed)
     torch.manual_seed(seed)
     splits = build_splits(cfg.data, cfg.paths, task="target", synth_cfg=cfg.get("synth"), seed=seed)
@@ -260,11 +274,15 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
     torch.manual_seed(seed)  # the fresh head's init depends on the seed only
     model = models.create(cfg.model, splits.num_classes)
     if start_weights is not None:
-        models.load_backbone(model, load_weights(start_weights["path"]), start_weights["path"])
+        start_path, start_weights = start_weights
+        models.load_backbone(model, load_weights(start_path), start_path)
     else:  # from scratch: the seeded init is the reference the fine-tuned weights are compared with
         start_weights = pretrained.record_initial(model, out_dir / INITIAL)
     info["pretrained"] = start_weights
     model.to(rt.device)
+    rt.channels_last = use_channels_last(cfg.trainer, model, rt)
+    if rt.channels_last:
+        model.to(memory_format=torch.channels_last)
     mean, std = models.normalisation(model, cfg.model)
     size = int(cfg.model.img_size)
     # per-image augmentation in the dataset; the one normalisation once per batch in the loop
@@ -320,10 +338,12 @@ def _execute(cfg, out_dir: Path, info: dict, start: float) -> dict:
         lr_schedule=str(cfg.optim.schedule),
         warmup_epochs=float(cfg.optim.get("warmup_epochs", 0.0)),
         stop_after_epoch=t.get("stop_after_epoch"),
+        eval_batch_size=int(t.eval_batch_size),
     )
+    net = compile_model(model, bool(t.get("compile", False)))  # forward only; checkpoints save ``model``
     try:
-        fit(model, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
-        results = evaluate(model, evaluation_sets(splits, eval_tf), rt, batch_size=int(t.eval_batch_size), finish=finish)
+        fit(net, optimizer, transformed(splits.train, train_tf), transformed(splits.val, eval_tf), sched, rt, seed=seed, progress=progress, on_epoch_end=checkpoint, finish=finish)
+        results = evaluate(net, evaluation_sets(splits, eval_tf), rt, batch_size=int(t.eval_batch_size), finish=finish)
     except Interrupted as stop:
         stop.epoch = progress.epoch  # what checkpoints/ holds: the resume point
         raise

@@ -1,8 +1,15 @@
-"""Early config checks, so a bad value fails in a second with one line naming its key."""
+"""Early config checks, so a bad value fails in a second with one line naming its key.
+
+Keys that take one of a few names (optim.name, optim.schedule, model.dropout_at, trainer.precision,
+synth.mode) are checked earlier still, while Hydra composes the config, by the schemas of
+:mod:`wdiv.training.config_schema`; this module holds every other check: numbers and ranges,
+keys that must agree with each other, paths that must exist.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from wdiv.errors import ConfigError
@@ -49,7 +56,6 @@ def _warn_lr(cfg) -> None:
 
 def validate(cfg) -> None:
     from wdiv.training.augment import augment_at, parse_policy
-    from wdiv.training.optim import OPTIMIZERS
     from wdiv.training.text import is_text
     from wdiv.training.text.checks import check_text
 
@@ -62,11 +68,10 @@ def validate(cfg) -> None:
     _number("optim.weight_decay", cfg.optim.weight_decay, 0.0)
     _number("optim.lr", cfg.optim.lr, 0.0)
     _warn_lr(cfg)
-    if cfg.optim.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name: unknown optimizer {cfg.optim.name!r} ({', '.join(OPTIMIZERS)})")
     _number("trainer.epochs", cfg.trainer.epochs, 1, integer=True)
     _number("trainer.batch_size", cfg.trainer.batch_size, 1, integer=True)
     _number("trainer.threads", cfg.trainer.threads, 0, integer=True)
+    _check_device(cfg.trainer.device)
     if is_text(cfg):  # text model and data: their own checks (aug.policy is EDA there)
         check_text(cfg)
     else:
@@ -155,5 +160,12 @@ def _check_model(model) -> None:
     spec = str(model.pretrained)
     if spec not in ("builtin", "hub", "none") and not Path(spec).expanduser().is_file():
         raise ConfigError(f"model.pretrained: {spec!r} is neither builtin, hub, none nor an existing weights file")
-    if str(model.get("dropout_at", "head")) not in ("head", "blocks", "both"):
-        raise ConfigError(f"model.dropout_at: {model.dropout_at!r} is not one of head, blocks, both")
+
+
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check_device(device) -> None:
+    """trainer.device: auto, cpu, cuda or cuda:N (an open set of names, so no schema enum)."""
+    if not DEVICE.match(str(device)):
+        raise ConfigError(f"trainer.device: {device!r} is not auto, cpu, cuda or cuda:N")
