@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wdiv.training.generators.base import Generator
+from wdiv.training.generators.stable_diffusion import read_generated
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def cached_generate(
     """``generator``'s images for ``counts``, from ``cache_dir`` when already made (None: no cache).
 
     On a miss the generator is fitted on the real split and its output saved (tmp + os.replace,
-    so a killed run never leaves half a file).
+    so a killed run never leaves half a file). A generator with ``generate_to`` (Stable
+    Diffusion) streams its images to ``<key>.parts/`` at the real images' size first, so a large
+    set never sits in memory at the generation resolution and a killed generation resumes.
     """
     path = None
     if cache_dir is not None and generator.cacheable:
@@ -65,7 +69,14 @@ def cached_generate(
             saved = load_file(str(path))
             return saved["images"], saved["labels"]
     generator.fit(images, labels, class_names=class_names, seed=seed)
-    out_images, out_labels = generator.generate(counts, seed=seed)
+    if path is not None and hasattr(generator, "generate_to"):
+        # streamed to disk at the real images' size (bounded memory), resumable: see stable_diffusion
+        parts = path.with_name(f"{path.stem}.parts")
+        generator.generate_to(parts, counts, seed=seed, size=tuple(images.shape[-2:]))
+        out_images, out_labels = read_generated(parts, counts)
+    else:
+        parts = None
+        out_images, out_labels = generator.generate(counts, seed=seed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -73,4 +84,6 @@ def cached_generate(
         save_file({"images": out_images.contiguous(), "labels": out_labels.contiguous()}, str(tmp), metadata=meta)
         os.replace(tmp, path)
         log.info("synthetic images cached at %s", path)
+        if parts is not None:  # the one file now holds them; the per-image files were for resuming
+            shutil.rmtree(parts, ignore_errors=True)
     return out_images, out_labels

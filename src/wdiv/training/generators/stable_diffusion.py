@@ -3,12 +3,23 @@
 diffusers is imported only when a pipeline is first needed, so wdiv works without it. A
 ready pipeline object (anything called like a diffusers text-to-image pipeline and returning
 ``.images``) can be passed in instead, which is how the tests run this path.
+
+Prompts name the dataset's classes (``{name}`` in ``prompt``; the class names the real split
+carries, unless ``class_names`` or ``prompts`` say otherwise).
+
+At scale (:meth:`StableDiffusionGenerator.generate_to`, what the synthetic cache uses) images
+are streamed to disk batch by batch, resized to the target size (the real images' size) as they
+come, one PNG per image written atomically: memory holds one batch at the generation
+resolution whatever the set size, and a killed generation resumes where it stopped (a batch
+whose files are all there and readable is skipped; any other batch is generated again from
+its own seed, so the result is the same as an uninterrupted run).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wdiv.errors import ConfigError
+from wdiv.io import atomic_write
 from wdiv.training.generators.base import Generator
 
 log = logging.getLogger(__name__)
@@ -74,29 +86,99 @@ class StableDiffusionGenerator(Generator):
             raise ConfigError("synth.generator.class_names: the prompts need class names")
         return str(self.cfg["prompt"]).format(name=names[c])
 
-    def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pipe = self.pipeline()
+    def _jobs(self, counts: Sequence[int]) -> list[tuple[int, int, int]]:
+        """(class, first index, batch size) of every pipeline call, class by class."""
         bs = int(self.cfg["batch_size"])
-        jobs = [(c, start, min(bs, int(n) - start)) for c, n in enumerate(counts) for start in range(0, int(n), bs)]
+        return [(c, start, min(bs, int(n) - start)) for c, n in enumerate(counts) for start in range(0, int(n), bs)]
+
+    def _batch(self, c: int, start: int, size: int, seed: int) -> torch.Tensor:
+        """uint8 [size, 3, H, W] images of class ``c`` from index ``start``, at the pipeline's size."""
+        # one generator per (seed, class, batch): any batch can be regenerated alone
+        gen = torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + c * 10_007 + start)
+        out = self.pipeline()(
+            prompt=[self.prompt(c)] * size,
+            negative_prompt=[self.cfg["negative_prompt"]] * size if self.cfg["negative_prompt"] else None,
+            num_inference_steps=int(self.cfg["steps"]),
+            guidance_scale=float(self.cfg["guidance_scale"]),
+            height=int(self.cfg["height"]),
+            width=int(self.cfg["width"]),
+            generator=gen,
+            output_type="np",
+        )
+        return _to_uint8_chw(out.images)
+
+    def generate(self, counts: Sequence[int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images in memory at the pipeline's size (small sets; see :meth:`generate_to`)."""
+        self.pipeline()
         images, labels = [], []
-        for c, start, size in tqdm(jobs, desc="stable diffusion", unit="batch"):
-            # one generator per (seed, class, batch): any batch can be regenerated alone
-            gen = torch.Generator(device=self.device).manual_seed(int(seed) * 1_000_003 + c * 10_007 + start)
-            out = pipe(
-                prompt=[self.prompt(c)] * size,
-                negative_prompt=[self.cfg["negative_prompt"]] * size if self.cfg["negative_prompt"] else None,
-                num_inference_steps=int(self.cfg["steps"]),
-                guidance_scale=float(self.cfg["guidance_scale"]),
-                height=int(self.cfg["height"]),
-                width=int(self.cfg["width"]),
-                generator=gen,
-                output_type="np",
-            )
-            images.append(_to_uint8_chw(out.images))
+        for c, start, size in tqdm(self._jobs(counts), desc="stable diffusion", unit="batch"):
+            images.append(self._batch(c, start, size, seed))
             labels += [c] * size
         if not images:
             return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return torch.cat(images), torch.tensor(labels, dtype=torch.int64)
+
+    def generate_to(self, folder: str | Path, counts: Sequence[int], *, seed: int, size: Sequence[int] | None = None) -> Path:
+        """Write ``counts[c]`` images of each class c to ``folder/<c>/<i>.png`` (:func:`image_path`),
+        resized to ``size`` (H, W) as they are made; resumes a partly written folder."""
+        folder = Path(folder)
+        target = tuple(int(v) for v in size) if size is not None else None
+        todo = [job for job in self._jobs(counts) if not all(_readable(image_path(folder, job[0], job[1] + k), target) for k in range(job[2]))]
+        done = len(self._jobs(counts)) - len(todo)
+        if done:
+            log.info("stable diffusion: resuming %s (%d of %d batches already there)", folder, done, done + len(todo))
+        for c, start, n in tqdm(todo, desc="stable diffusion", unit="batch"):
+            batch = self._batch(c, start, n, seed)
+            if target is not None and tuple(batch.shape[-2:]) != target:
+                from torchvision.transforms.v2.functional import resize
+
+                batch = resize(batch, list(target), antialias=True)
+            for k, image in enumerate(batch):
+                write_png(image_path(folder, c, start + k), image)
+        return folder
+
+
+def image_path(folder: Path, c: int, index: int) -> Path:
+    """Where :meth:`StableDiffusionGenerator.generate_to` keeps image ``index`` of class ``c``."""
+    return Path(folder) / f"{c:04d}" / f"{index:06d}.png"
+
+
+def write_png(path: Path, image: torch.Tensor) -> None:
+    """uint8 [3, H, W] as a PNG, atomically (a kill never leaves half a file under ``path``)."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).contiguous().numpy()
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def read_png(path: Path) -> torch.Tensor:
+    """uint8 [3, H, W] (decoded in full, so a cut file raises)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _readable(path: Path, size: tuple[int, int] | None) -> bool:
+    """A finished image: there, decodes, and (with ``size``) at the target size."""
+    if not path.is_file():
+        return False
+    try:
+        image = read_png(path)
+    except (ValueError, OSError):  # PIL: UnidentifiedImageError, truncated data
+        log.warning("%s: not a readable PNG; generating its batch again", path)
+        return False
+    return size is None or tuple(image.shape[-2:]) == tuple(size)
+
+
+def read_generated(folder: str | Path, counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images :meth:`StableDiffusionGenerator.generate_to` wrote, class by class (uint8 [N, 3, H, W])."""
+    images = [read_png(image_path(Path(folder), c, i)) for c, n in enumerate(counts) for i in range(int(n))]
+    labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
+    if not images:
+        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def _to_uint8_chw(batch: Any) -> torch.Tensor:

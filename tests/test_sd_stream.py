@@ -1,0 +1,88 @@
+"""Stable Diffusion at scale, with a stand-in pipeline: images stream to disk at the target size,
+memory holds one batch, a killed generation resumes to the same images, and a damaged file is
+made again; prompts name the dataset's classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from wdiv.training.generators import StableDiffusionGenerator, cached_generate
+from wdiv.training.generators.stable_diffusion import image_path, read_generated
+
+
+class Pipe:
+    """Called like a diffusers pipeline: seeded noise images at the asked size; counts calls."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.prompts, self.fail_after, self.largest = 0, [], fail_after, 0
+
+    def __call__(self, *, prompt, num_inference_steps, guidance_scale, height, width, generator, output_type, negative_prompt=None):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt  # killed mid-generation
+        self.calls += 1
+        self.prompts.append(prompt[0])
+        self.largest = max(self.largest, len(prompt))
+        images = torch.rand((len(prompt), height, width, 3), generator=generator).numpy().astype(np.float32)
+
+        class Out:
+            pass
+
+        out = Out()
+        out.images = images
+        return out
+
+
+def _gen(pipe, batch_size=3):
+    return StableDiffusionGenerator({"name": "stable_diffusion", "height": 64, "width": 64, "batch_size": batch_size}, pipeline=pipe)
+
+
+def _fit(gen, names=("cat", "dog")):
+    gen.fit(torch.zeros((4, 3, 16, 12), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), class_names=list(names), seed=0)
+
+
+def test_images_stream_to_disk_at_the_target_size_one_batch_at_a_time(tmp_path):
+    pipe = Pipe()
+    gen = _gen(pipe)
+    _fit(gen)
+    gen.generate_to(tmp_path / "parts", [5, 4], seed=7, size=(16, 12))
+    images, labels = read_generated(tmp_path / "parts", [5, 4])
+    assert images.shape == (9, 3, 16, 12) and images.dtype == torch.uint8
+    assert labels.tolist() == [0] * 5 + [1] * 4
+    assert pipe.calls == 4 and pipe.largest == 3  # batches of at most batch_size at 64 px
+    assert pipe.prompts == ["a photo of a cat", "a photo of a cat", "a photo of a dog", "a photo of a dog"]  # the dataset's names
+    assert not list((tmp_path / "parts").rglob("*.tmp"))
+
+
+def test_a_killed_generation_resumes_to_the_same_images(tmp_path):
+    whole = _gen(Pipe())
+    _fit(whole)
+    whole.generate_to(tmp_path / "whole", [5, 4], seed=7, size=(16, 12))
+    killed = Pipe(fail_after=2)
+    gen = _gen(killed)
+    _fit(gen)
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate_to(tmp_path / "resumed", [5, 4], seed=7, size=(16, 12))
+    assert len(list((tmp_path / "resumed").rglob("*.png"))) == 5  # class 0's two batches (3 + 2) written
+    image_path(tmp_path / "resumed", 0, 1).write_bytes(b"\x89PNG cut short")  # a damaged file: its batch is redone
+    again = Pipe()
+    gen = _gen(again)
+    _fit(gen)
+    gen.generate_to(tmp_path / "resumed", [5, 4], seed=7, size=(16, 12))
+    assert again.calls == 3  # the damaged first batch and class 1's two, never made
+    a, la = read_generated(tmp_path / "whole", [5, 4])
+    b, lb = read_generated(tmp_path / "resumed", [5, 4])
+    assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_the_cache_keeps_one_file_and_reuses_it(tmp_path):
+    real_x = torch.randint(0, 255, (6, 3, 16, 12), dtype=torch.uint8)
+    real_y = torch.tensor([0, 1, 0, 1, 0, 1])
+    pipe = Pipe()
+    x, y = cached_generate(_gen(pipe), real_x, real_y, [2, 3], seed=1, cache_dir=tmp_path, class_names=["cat", "dog"])
+    assert x.shape == (5, 3, 16, 12) and y.tolist() == [0, 0, 1, 1, 1]
+    assert [p.suffix for p in tmp_path.iterdir()] == [".safetensors"]  # the per-image parts are gone
+    again = Pipe()
+    x2, y2 = cached_generate(_gen(again), real_x, real_y, [2, 3], seed=1, cache_dir=tmp_path, class_names=["cat", "dog"])
+    assert again.calls == 0 and torch.equal(x, x2) and torch.equal(y, y2)
