@@ -9,7 +9,7 @@
     python scripts/run_study.py --snapshots 2 --soups   # + spectral trajectories and model soups
 
 Stage 1 runs one Hydra multirun per arm (`python -m wdiv.train -m +exp=ARM seed=...` with the
-joblib launcher, so n_jobs runs share the machine, each with cpu_count/n_jobs torch threads);
+joblib launcher, so n_jobs runs share the CPUs this process may use, each with cpus/n_jobs threads);
 the arm's grid comes from its exp file unless --levels narrows it. Stage 2 is
 `python -m wdiv.analyze RUNS_DIR --base`, stage 3 `python -m wdiv.report RUNS_DIR`. With
 --snapshots K every run keeps its weights every K epochs (trainer.snapshot_every=K) and stage 2
@@ -22,11 +22,12 @@ non-zero at the end. The wall time of every stage is printed.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from wdiv.cpus import available_cpus
 
 EXP_DIR = Path(__file__).resolve().parents[1] / "src" / "wdiv" / "configs" / "exp"
 ARMS = ("baseline", "dropout", "weight_decay", "augment", "synthetic")
@@ -71,7 +72,7 @@ def check_args(args: argparse.Namespace) -> str | None:
 
 
 def train_command(arm: str, args: argparse.Namespace, sweeps: dict[str, dict[str, str]]) -> list[str]:
-    threads = max(1, (os.cpu_count() or 1) // max(1, args.n_jobs))
+    threads = max(1, available_cpus() // max(1, args.n_jobs))  # the job's CPUs (SLURM / affinity), not the machine's
     cmd = [sys.executable, "-m", "wdiv.train", "-m", f"+exp={arm}", f"seed={args.seeds}",
            "hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.n_jobs}", f"trainer.threads={threads}",
            f"paths.runs_dir={args.runs_dir}"]

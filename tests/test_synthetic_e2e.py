@@ -60,15 +60,15 @@ def test_synthetic_run_records_amount_mode_and_diversity(tmp_path):
     assert 0.0 < div["rho"] <= 1.0 and math.isclose(div["weighted_vs"], div["vendi_embed"] * div["rho"])
 
 
-def test_bad_synth_mode_fails_the_run_naming_the_key(tmp_path):
-    from wdiv.errors import ConfigError  # the CLI turns it into one line and exit 2
-    from wdiv.training.runner import run
+def test_bad_synth_mode_fails_at_compose_time_naming_the_key():
+    """synth.mode is typed by its schema (wdiv.training.config_schema): refused before any run starts."""
+    from hydra.errors import ConfigCompositionException
 
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["+exp=synthetic", *TINY, "synth.mode=double", "diversity.compute=false"])
-    with pytest.raises(ConfigError, match="synth.mode: unknown mode 'double'"):
-        run(cfg, tmp_path)
-    assert json.loads((tmp_path / "run.json").read_text())["status"] == "failed"
+    with pytest.raises(ConfigCompositionException) as err:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            compose("train", overrides=["+exp=synthetic", *TINY, "synth.mode=double", "diversity.compute=false"])
+    cause = str(err.value.__cause__)
+    assert "synth.mode" in cause and "Invalid value 'double', expected one of [none, replace, add, filtered]" in cause
 
 
 def test_measuring_diversity_leaves_training_unchanged(tmp_path):

@@ -142,7 +142,6 @@ def test_same_seed_repeats_bitwise_and_a_killed_run_resumes_to_identical_weights
         (["data.train_file=/nonexistent.csv"], "data.train_file"),
         (["data.label_column=target"], "data.label_column"),
         (["+exp=text_synthetic", "synth.mode=filtered"], "synth.mode"),
-        (["model.dropout_at=everywhere"], "model.dropout_at"),
     ],
 )
 def test_bad_text_config_raises_config_error_naming_the_key(overrides, key, tmp_path):
@@ -150,6 +149,16 @@ def test_bad_text_config_raises_config_error_naming_the_key(overrides, key, tmp_
 
     with pytest.raises(ConfigError, match=rf"^{key}:"):
         run_text(tmp_path, *overrides, "diversity.compute=false")
+
+
+def test_bad_dropout_place_fails_at_compose_time_naming_the_key(tmp_path):
+    """model.dropout_at is typed by its schema (wdiv.training.config_schema), text models too."""
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        run_text(tmp_path, "model.dropout_at=everywhere", "diversity.compute=false")
+    assert "model.dropout_at" in str(err.value.__cause__) and "expected one of [head, blocks, both]" in str(err.value.__cause__)
+    assert not (tmp_path / "run.json").exists()
 
 
 def test_text_model_on_image_data_is_refused(tmp_path):
