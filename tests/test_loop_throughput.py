@@ -182,3 +182,22 @@ def test_channels_last_only_for_cnns_on_cuda_unless_forced(conv_layers, expected
     assert use_channels_last(OmegaConf.create({"channels_last": True}), model, Runtime(device=torch.device("cpu"))) is True
     rt = Runtime(device=torch.device("cpu"), channels_last=True)
     assert rt.layout(torch.zeros(2, 3, 4, 4)).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_run_with_dataloader_workers_trains_the_same_weights_as_without(tmp_path):
+    """The runner end to end, augmentation on: 2 worker processes or none, bitwise the same."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import load_file
+
+    from wdiv.train import CONFIG_DIR
+    from wdiv.training.runner import run
+
+    base = ["+exp=augment", "level=autoaugment+noise", "model=vit_micro", "trainer.epochs=2", "trainer.progress=false", "diversity.compute=false"]
+    weights = []
+    for workers in (0, 2):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train", overrides=[*base, f"trainer.num_workers={workers}"])
+        info = run(cfg, tmp_path / f"w{workers}")
+        assert info["status"] == "complete"
+        weights.append(load_file(str(tmp_path / f"w{workers}" / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
