@@ -8,20 +8,26 @@ reachable (Hugging Face hub or its local cache), e.g.:
 
 then train anywhere with
 ``python -m wdiv.train +exp=synthetic data=cifar10 synth=folder synth.generator.root=synth/cifar10_sd``.
-The folder holds ``<out>/<class name>/<nnnnn>.png`` and appears only when complete.
+The folder holds ``<out>/<class name>/<nnnnn>.png`` and appears only when complete. Images are
+streamed to ``.<out name>.parts/`` beside it batch by batch, resized to ``--size`` as they come
+(memory: one batch, whatever ``--per-class``); the same command after a kill resumes from there.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
-from torchvision.transforms.v2.functional import resize
-
-from wdiv.training.generators import StableDiffusionGenerator, write_image_folder
+from wdiv.io import write_json
+from wdiv.training.generators import StableDiffusionGenerator
+from wdiv.training.generators.folder import CLASSES_FILE
+from wdiv.training.generators.stable_diffusion import image_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,16 +85,41 @@ def main(argv: list[str] | None = None, pipeline: Any = None) -> int:
         },
         pipeline=pipeline,
     )
+    counts = [args.per_class] * len(names)
+    parts = Path(args.out).with_name(f".{Path(args.out).name}.parts")
+    spec = {**gen.cache_config(), "seed": args.seed, "size": args.size, "counts": counts}
+    if (parts / "spec.json").exists() and json.loads((parts / "spec.json").read_text()) != spec:
+        logging.warning("%s holds images of other options; starting over", parts)
+        shutil.rmtree(parts)
+    write_json(parts / "spec.json", spec)
     try:
-        images, labels = gen.generate([args.per_class] * len(names), seed=args.seed)
-        if args.size:
-            images = resize(images, [args.size, args.size], antialias=True)
-        root = write_image_folder(images, labels, args.out, class_names=names, overwrite=args.overwrite)
+        gen.generate_to(parts, counts, seed=args.seed, size=(args.size, args.size) if args.size else None)
+        root = assemble(parts, counts, names, Path(args.out), overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:  # ConfigError is a ValueError
         print(f"generate_synthetic: {e}", file=sys.stderr)
         return 1
-    logging.info("wrote %d images of %d classes to %s", len(labels), len(names), root)
+    logging.info("wrote %d images of %d classes to %s", sum(counts), len(names), root)
     return 0
+
+
+def assemble(parts: Path, counts: list[int], names: list[str], root: Path, *, overwrite: bool = False) -> Path:
+    """Copy the streamed images into ``root/<class name>/<nnnnn>.png`` (+ classes.json, the
+    layout ``synth=folder`` reads); the folder appears whole, then the parts are removed."""
+    if root.exists() and not overwrite:
+        raise FileExistsError(f"{root} exists (pass --overwrite to replace it)")
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for c, (name, n) in enumerate(zip(names, counts)):
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shutil.copyfile(image_path(parts, c, i), tmp / name / f"{i:05d}.png")
+    (tmp / CLASSES_FILE).write_text(json.dumps(names))
+    if root.exists():
+        shutil.rmtree(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, root)
+    shutil.rmtree(parts, ignore_errors=True)
+    return root
 
 
 if __name__ == "__main__":

@@ -86,3 +86,24 @@ def test_the_cache_keeps_one_file_and_reuses_it(tmp_path):
     again = Pipe()
     x2, y2 = cached_generate(_gen(again), real_x, real_y, [2, 3], seed=1, cache_dir=tmp_path, class_names=["cat", "dog"])
     assert again.calls == 0 and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_the_generation_script_resumes_after_a_kill_to_the_same_folder(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "generate_synthetic.py"
+    spec = importlib.util.spec_from_file_location("generate_synthetic", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--classes", "cat,dog", "--per-class", "4", "--resolution", "64", "--size", "16", "--batch-size", "3"]
+    assert script.main(["--out", str(tmp_path / "whole"), *argv], pipeline=Pipe()) == 0
+    with pytest.raises(KeyboardInterrupt):
+        script.main(["--out", str(tmp_path / "resumed"), *argv], pipeline=Pipe(fail_after=3))
+    assert not (tmp_path / "resumed").exists() and (tmp_path / ".resumed.parts").is_dir()
+    again = Pipe()
+    assert script.main(["--out", str(tmp_path / "resumed"), *argv], pipeline=again) == 0
+    assert again.calls == 1 and not (tmp_path / ".resumed.parts").exists()  # only the batch never made
+    files = sorted(p.relative_to(tmp_path / "whole").as_posix() for p in (tmp_path / "whole").rglob("*.png"))
+    assert len(files) == 8 and files == sorted(p.relative_to(tmp_path / "resumed").as_posix() for p in (tmp_path / "resumed").rglob("*.png"))
+    assert all((tmp_path / "whole" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes() for f in files)
