@@ -7,13 +7,27 @@ analyses, nothing else, timed with torch's solver, numpy's, and numpy's per core
 fastest taken (see floor_fns). Prints the three ratios per model.
 Targets: wdiv/floor <= 1.5, WW(mp_fit)/wdiv >= 20, WW(default)/wdiv >= 3.
 
+--scaling: the cost of many checkpoints instead. One random-init checkpoint (--scaling-model,
+saved as model.safetensors) is hard-linked into 1, 4, 16 and 64 checkpoint directories, and
+``python -m wdiv.analyze ROOT --jobs <cores> --force -q`` is timed on each tree in a fresh
+process; seconds per checkpoint must stay flat as the count grows (the interpreter's start,
+timed alone, is printed so the one-checkpoint row can be read).
+
     python scripts/bench_analyze.py                      # the three models
     python scripts/bench_analyze.py --models resnet50 --skip-ww   # quick check
+    python scripts/bench_analyze.py --scaling            # 1, 4, 16, 64 copies of vit_small
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 from _bench import best_time, silenced
@@ -63,6 +77,43 @@ def floor_fns(model) -> dict:
     return {"torch": torch_serial, "numpy": numpy_serial, "per-core": lapack_per_core}
 
 
+def scaling(model_name: str, counts: list[int], jobs: int, tmp: str | None) -> None:
+    """Seconds per checkpoint of the CLI on 1, 4, 16, 64 hard-linked copies of one checkpoint."""
+    import timm
+    from safetensors.torch import save_file
+
+    root = Path(tempfile.mkdtemp(prefix="wdiv_bench_scaling_", dir=tmp))
+    try:
+        torch.manual_seed(0)
+        model = timm.create_model(model_name, pretrained=False).eval()
+        weights = root / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, wdiv.analyze, wdiv.spectral.api"], check=True)
+        start = time.perf_counter() - t
+        print(f"{model_name}: {weights.stat().st_size / 1e6:.0f} MB checkpoint, --jobs {jobs}; "
+              f"interpreter start with imports {start:.1f} s", flush=True)
+        print(f"{'copies':>6s} {'wall s':>8s} {'s/ckpt':>7s}", flush=True)
+        for n in counts:
+            tree = root / f"x{n}"
+            for i in range(n):
+                (tree / f"ckpt{i:03d}").mkdir(parents=True)
+                os.link(weights, tree / f"ckpt{i:03d}" / "model.safetensors")
+            t = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "wdiv.analyze", str(tree), "--jobs", str(jobs), "--force", "-q"],
+                                 capture_output=True, text=True)
+            wall = time.perf_counter() - t
+            if out.returncode != 0:
+                sys.exit(f"wdiv.analyze on {n} copies exited {out.returncode}:\n{out.stderr[-2000:]}")
+            done = len(list(tree.glob("*/spectra.csv")))
+            if done != n:
+                sys.exit(f"{n} copies: {done} spectra.csv written")
+            print(f"{n:6d} {wall:8.2f} {wall / n:7.2f}", flush=True)
+            shutil.rmtree(tree)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS)
@@ -70,7 +121,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="wdiv, floor and WeightWatcher(default) timings: best of N")
     ap.add_argument("--mp-repeat", type=int, default=1,
                     help="WeightWatcher(mp_fit=True) timings: best of N (40-70 s a call here)")
+    ap.add_argument("--scaling", action="store_true", help="time the CLI on 1, 4, 16, 64 copies of one checkpoint")
+    ap.add_argument("--scaling-model", default="vit_small_patch16_224")
+    ap.add_argument("--scaling-counts", nargs="+", type=int, default=[1, 4, 16, 64])
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="--scaling: the CLI's --jobs (default: cores)")
+    ap.add_argument("--tmp", default=None, help="--scaling: where the copies are made (deleted after)")
     args = ap.parse_args()
+    if args.scaling:
+        scaling(args.scaling_model, args.scaling_counts, args.jobs, args.tmp)
+        return
 
     import timm
 

@@ -73,9 +73,12 @@ def test_streamed_eigenvalues_equal_the_previous_path(tmp_path):
                                           for k in keys])
         for key, h in zip(keys, handles):
             evals, suspect, finite = h.result()
-            before = gram_eigenvalues(tensors[key])
-            assert evals.shape == before.shape == (1, min(tensors[key].shape)) and finite and not suspect.any()
-            np.testing.assert_allclose(evals, before, rtol=1e-12, atol=0)
+            dense = gram_eigenvalues(tensors[key])  # the whole-tensor path: the same blocks, the same bits
+            x = tensors[key].double().numpy()
+            before = np.linalg.eigvalsh(x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T)  # one full product
+            assert evals.shape == dense.shape == (1, min(x.shape)) and finite and not suspect.any()
+            np.testing.assert_array_equal(evals, dense)
+            np.testing.assert_allclose(evals[0], before, rtol=1e-12, atol=1e-12 * before[-1])
 
 
 class _Net(nn.Module):
@@ -165,3 +168,15 @@ def test_tensors_held_in_memory_or_unsliceable_are_not_streamed(tmp_path):
     save_file(state, str(tmp_path / "model.safetensors"))
     st = open_weights(tmp_path / "model.safetensors")
     assert st.can_stream("a.weight") and not st.can_stream("k.weight")
+
+
+def test_without_the_blas_binding_the_gram_matrix_is_numpys(monkeypatch):
+    from wdiv.spectral import lapack
+
+    w = np.random.default_rng(1).standard_normal((500, 120))
+    with_binding = gram_numpy(w, block_elems=120 * 64)
+    monkeypatch.setattr(lapack, "_dsyrk", lambda: None)
+    without = gram_numpy(w, block_elems=120 * 64)
+    np.testing.assert_array_equal(without, without.T)
+    np.testing.assert_allclose(with_binding, without, rtol=1e-13, atol=1e-13 * np.abs(without).max())
+    np.testing.assert_allclose(without, w.T @ w, rtol=1e-13, atol=1e-13 * np.abs(without).max())

@@ -18,7 +18,7 @@ wdiv.spectral.lapack), so one Python thread per core scales (1.8-1.9x on 2 cores
 Memory: a matrix's Gram matrix is summed over blocks of at most _BLOCK_ELEMS float64 elements,
 and a large dense layer of a safetensors file is read a block at a time straight from the file by
 the job that solves it (`EigenSolver.submit_streamed`), so no whole tensor is ever held: a job
-holds its M x M Gram matrix, one block product of the same size and one block. The streamed
+holds its M x M Gram matrix (BLAS syrk adds each block into it) and one block. The streamed
 blocks are the ones `gram_numpy` cuts from the whole matrix, in the same order and memory layout,
 so both give the same bits.
 """
@@ -26,13 +26,13 @@ so both give the same bits.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from .jobs import Job, JobQueue
-from .lapack import blas_controller, eigvalsh_inplace
+from .lapack import blas_controller, eigvalsh_inplace, gram_update, mirror_upper
 
 # Smallest/largest eigenvalue ratio below which the Gram result is not trusted (SVD redone).
 _SVD_BELOW = 1e-10
@@ -55,20 +55,49 @@ def _lines_per_block(m: int, block_elems: int | None) -> int:
     return max(1, (block_elems or _BLOCK_ELEMS) // max(1, m))
 
 
-def _gram_of_blocks(blocks: Iterable[np.ndarray]) -> np.ndarray:
-    """Sum of ``x.T @ x`` over (lines, M) C-contiguous float64 blocks.
+def _gram_half(blocks: Iterable[np.ndarray]) -> np.ndarray:
+    """Sum of ``x.T @ x`` over (lines, M) C-contiguous float64 blocks; only the triangle that
+    eigvalsh_inplace reads is certain (`mirror_upper` makes it whole).
 
-    Each product is on one contiguous buffer, which numpy hands to BLAS syrk (half the flops
-    of a general product). A block and its product are dropped before the next block is made,
-    so at most the sum, one product and one block are held.
+    BLAS syrk (half the flops of a general product) adds each block into the sum itself
+    (wdiv.spectral.lapack.gram_update), and a block is dropped before the next one is made, so
+    the sum and one block are all that is held.
     """
     gram = None
     for x in blocks:
-        part = x.T @ x
+        gram = gram_update(gram, x)
         del x
-        gram = part if gram is None else np.add(gram, part, out=gram)
-        del part
     return gram
+
+
+def _matrix_blocks(w: np.ndarray, block_elems: int | None) -> Iterator[np.ndarray]:
+    """(N, M) matrix (transposed when N < M) -> float64 C-contiguous blocks of its rows."""
+    if w.shape[0] < w.shape[1]:
+        w = w.T
+    n, m = w.shape
+    rows = _lines_per_block(m, block_elems)
+    return (np.asarray(w[i:i + rows], dtype=np.float64, order="C") for i in range(0, n, rows))
+
+
+# read_lines(axis, lo, hi) -> rows (axis 0) or columns (axis 1) lo:hi of a stored 2-D matrix.
+LinesFn = Callable[[int, int, int], np.ndarray]
+
+
+def _file_blocks(read_lines: LinesFn, shape: tuple[int, int], block_elems: int | None) -> Iterator[np.ndarray]:
+    """A stored (rows, cols) matrix read a block at a time -> the blocks `_matrix_blocks` cuts from it.
+
+    With rows >= cols the Gram matrix is W^T W, a sum over blocks of rows; otherwise it is
+    W W^T, a sum over blocks of columns, each transposed to a C-contiguous float64 block.
+    """
+    axis = 0 if shape[0] >= shape[1] else 1
+    n, m = shape[axis], shape[1 - axis]
+    lines = _lines_per_block(m, block_elems)
+    for i in range(0, n, lines):
+        raw = read_lines(axis, i, min(n, i + lines))
+        x = np.asarray(raw if axis == 0 else raw.T, dtype=np.float64, order="C")
+        del raw
+        yield x
+        del x  # before the next block is read
 
 
 def gram_numpy(w: np.ndarray, *, block_elems: int | None = None) -> np.ndarray:
@@ -76,51 +105,29 @@ def gram_numpy(w: np.ndarray, *, block_elems: int | None = None) -> np.ndarray:
 
     Only one block is ever held in float64, so a float32 matrix never needs a full float64 copy.
     """
-    if w.shape[0] < w.shape[1]:
-        w = w.T
-    n, m = w.shape
-    rows = _lines_per_block(m, block_elems)
-    return _gram_of_blocks(np.asarray(w[i:i + rows], dtype=np.float64, order="C") for i in range(0, n, rows))
-
-
-# read_lines(axis, lo, hi) -> rows (axis 0) or columns (axis 1) lo:hi of a stored 2-D matrix.
-LinesFn = Callable[[int, int, int], np.ndarray]
+    return mirror_upper(_gram_half(_matrix_blocks(w, block_elems)))
 
 
 def gram_streamed(read_lines: LinesFn, shape: tuple[int, int], *, block_elems: int | None = None) -> np.ndarray:
     """Stored (rows, cols) matrix read a block at a time -> float64 Gram matrix of its smaller side.
 
-    With rows >= cols the Gram matrix is W^T W, a sum over blocks of rows; otherwise it is
-    W W^T, a sum over blocks of columns (each transposed to a C-contiguous float64 block, as
-    `gram_numpy` makes it from the transposed view). Equal, bit for bit, to gram_numpy(W).
+    The blocks are gram_numpy's, in the same order and layout: equal to gram_numpy(W), bit for bit.
     """
-    axis = 0 if shape[0] >= shape[1] else 1
-    n, m = shape[axis], shape[1 - axis]
-    lines = _lines_per_block(m, block_elems)
-
-    def blocks():
-        for i in range(0, n, lines):
-            raw = read_lines(axis, i, min(n, i + lines))
-            x = np.asarray(raw if axis == 0 else raw.T, dtype=np.float64, order="C")
-            del raw
-            yield x
-            del x  # before the next block is read
-
-    return _gram_of_blocks(blocks())
+    return mirror_upper(_gram_half(_file_blocks(read_lines, shape, block_elems)))
 
 
 def _eigs_numpy(w: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
     """One matrix -> [(ascending eigenvalues of its Gram matrix, suspect, finite)]."""
-    return _eigs_of_gram(gram_numpy(w))
+    return _eigs_of_gram(_gram_half(_matrix_blocks(w, None)))
 
 
 def _eigs_streamed(read_lines: LinesFn, shape: tuple[int, int]) -> list[tuple[np.ndarray, bool, bool]]:
     """A stored matrix read block by block -> [(ascending Gram eigenvalues, suspect, finite)]."""
-    return _eigs_of_gram(gram_streamed(read_lines, shape))
+    return _eigs_of_gram(_gram_half(_file_blocks(read_lines, shape, None)))
 
 
 def _eigs_of_gram(gram: np.ndarray) -> list[tuple[np.ndarray, bool, bool]]:
-    """A Gram matrix (destroyed) -> [(ascending eigenvalues, suspect, finite)]."""
+    """A Gram matrix (its eigvalsh_inplace triangle; destroyed) -> [(ascending eigenvalues, suspect, finite)]."""
     if not np.isfinite(np.diagonal(gram)).all():  # diag = column sums of squares: finite iff W is
         return [(np.full(gram.shape[0], np.nan), False, False)]
     ev = eigvalsh_inplace(gram)

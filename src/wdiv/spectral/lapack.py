@@ -1,5 +1,8 @@
 """Symmetric eigenvalues (LAPACK dsyevd, no eigenvectors) called with the GIL released.
 
+The Gram products of blocks are summed by BLAS dsyrk bound the same way (`gram_update`): numpy's
+``x.T @ x`` is syrk too, but a sum of them needs a second M x M product per block.
+
 Why not np.linalg.eigvalsh: numpy's linalg gufuncs keep the GIL for a single matrix below
 about 512 x 512, so the eigensolver's per-core Python threads run one at a time there
 (measured on 384 x 384 Gram matrices: 2 threads, 1.0x; through this module, 1.8x). This
@@ -82,6 +85,90 @@ def _dsyevd():
     except Exception as exc:  # an unusual build must never break the analysis
         log.debug("no GIL-free LAPACK binding: %s", exc)
     return None
+
+
+# cblas_dsyrk, bound as dsyevd is (same library, same integer widths): C += A A^T without the GIL.
+_SYRK_SYMBOLS = (("scipy_cblas_dsyrk64_", ctypes.c_int64), ("cblas_dsyrk64_", ctypes.c_int64),
+                 ("scipy_cblas_dsyrk", ctypes.c_int32))
+_LOWER, _NO_TRANS = 122, 111
+
+
+def _bind_syrk(path: str):
+    lib = ctypes.CDLL(path)
+    for name, int_t in _SYRK_SYMBOLS:
+        fn = getattr(lib, name, None)
+        if fn is None:
+            continue
+        fn.restype = None
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, ctypes.c_double, ctypes.c_void_p,
+                       int_t, ctypes.c_double, ctypes.c_void_p, int_t]
+        return fn
+    return None
+
+
+def _syrk_call(fn, gram: np.ndarray, x: np.ndarray) -> None:
+    # x (lines, M) in C order is A = x^T (M, lines) in column-major order: A A^T = x^T x, into the
+    # column-major lower triangle of gram (its upper triangle in C order), which dsyevd reads.
+    lines, m = x.shape
+    fn(_COL_MAJOR, _LOWER, _NO_TRANS, m, lines, 1.0, x.ctypes.data, max(1, m), 1.0, gram.ctypes.data, max(1, m))
+
+
+def _syrk_passes_self_check(fn) -> bool:
+    rng = np.random.default_rng(0)
+    for n in (1, 5, 67):
+        blocks = [rng.standard_normal((k, n)) for k in (3, n + 2)]
+        gram = np.zeros((n, n))
+        for x in blocks:
+            _syrk_call(fn, gram, x)
+        want = sum(x.T @ x for x in blocks)
+        if not (np.allclose(np.triu(gram), np.triu(want), rtol=1e-12, atol=1e-12) and not np.tril(gram, -1).any()):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _dsyrk():
+    """The GIL-free dsyrk binding, or None; only beside the dsyevd binding (the triangle one writes
+    is the one the other reads)."""
+    if _dsyevd() is None:
+        return None
+    try:
+        for path in _numpy_blas_paths():
+            fn = _bind_syrk(path)
+            if fn is not None and _syrk_passes_self_check(fn):
+                return fn
+    except Exception as exc:  # an unusual build must never break the analysis
+        log.debug("no GIL-free dsyrk binding: %s", exc)
+    return None
+
+
+def gram_update(gram: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """gram + x^T x for a C-contiguous float64 (lines, M) block x; gram None: a new M x M matrix.
+
+    With the binding: BLAS dsyrk adds into gram itself, with the GIL released, and writes only the
+    triangle `eigvalsh_inplace` reads (upper in C order; `mirror_upper` completes it), so a sum
+    over blocks never holds a second M x M product. Elsewhere: numpy's x.T @ x added (full matrix).
+    """
+    fn = _dsyrk()
+    if fn is None:
+        part = x.T @ x
+        return part if gram is None else np.add(gram, part, out=gram)
+    if gram is None:
+        gram = np.zeros((x.shape[1], x.shape[1]))
+    _syrk_call(fn, gram, x)
+    return gram
+
+
+def mirror_upper(gram: np.ndarray, rows: int = 512) -> np.ndarray:
+    """Copy a square C-order matrix's upper triangle onto its lower, in place, a block of rows at a time."""
+    m = gram.shape[0]
+    for i in range(0, m, rows):
+        j = min(m, i + rows)
+        gram[j:, i:j] = gram[i:j, j:].T
+        diag = gram[i:j, i:j]
+        low = np.tril_indices(j - i, -1)
+        diag[low] = diag.T[low]
+    return gram
 
 
 def gil_free() -> bool:
