@@ -107,3 +107,21 @@ def test_the_generation_script_resumes_after_a_kill_to_the_same_folder(tmp_path)
     files = sorted(p.relative_to(tmp_path / "whole").as_posix() for p in (tmp_path / "whole").rglob("*.png"))
     assert len(files) == 8 and files == sorted(p.relative_to(tmp_path / "resumed").as_posix() for p in (tmp_path / "resumed").rglob("*.png"))
     assert all((tmp_path / "whole" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes() for f in files)
+
+
+def test_prompts_name_the_datasets_classes_through_the_real_data_path(tmp_path, monkeypatch):
+    """synth=stable_diffusion on the digits split: one prompt per target class, by its name."""
+    from hydra import compose, initialize_config_dir
+
+    from wdiv.train import CONFIG_DIR
+    from wdiv.training.data import build_splits
+
+    pipe = Pipe()
+    monkeypatch.setattr(StableDiffusionGenerator, "pipeline", lambda self: pipe)
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["+exp=synthetic", "synth=stable_diffusion", "level=0.05", "synth.generator.batch_size=64",
+                                          "synth.generator.height=32", "synth.generator.width=32", f"paths.cache_dir={tmp_path}"])
+    splits = build_splits(cfg.data, cfg.paths, task="target", synth_cfg=cfg.synth, seed=0)
+    assert splits.classes and splits.synth["n_synthetic"] > 0
+    assert sorted(set(pipe.prompts)) == sorted(f"a photo of a {name}" for name in splits.classes)
+    assert splits.train.images.shape[-2:] == splits.real_train.images.shape[-2:]  # streamed at the target size
