@@ -15,13 +15,15 @@ the preemption signal hands over to submitit, which requeues the job.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import hydra
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from wdiv.training.config_schema import register as register_schemas
 from wdiv.variants import variant
@@ -155,11 +157,6 @@ def _remove_hydra_files(out_dir: Path, job_name: str, runs_dir: Path) -> None:
 def main() -> None:
     """Hydra's main; a config that does not compose (a bad enum value, an unknown group option or
     key) is one line naming it on stderr and exit 2, like the checks the run makes itself."""
-    import os
-
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-    from omegaconf.errors import OmegaConfBaseException
-
     swept = swept_keys(sys.argv[1:])
     if swept:  # the jobs name their run dirs by these (configs/train.yaml hydra.sweep.subdir)
         at = next(i for i, a in enumerate(sys.argv) if i and "=" in a and not a.startswith("-"))
