@@ -12,6 +12,15 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+
+
 def test_without_cuda_it_says_so_and_exits_0():
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, env=env, timeout=120)
@@ -33,3 +42,43 @@ def test_a_cpu_dry_run_passes_every_check(tmp_path):
     # the throughput ratio on a loaded 2-core CI box is not asserted; the other checks must pass
     assert " ok " in checks["train vit_micro"] and " ok " in checks["analyze cpu vs cpu"], proc.stdout
     assert proc.returncode in (0, 1)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_on_a_cuda_machine_every_check_passes():
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_cuda_training_step_never_waits_for_the_device():
+    """torch's sync debug mode raises on any device->host wait inside the epoch's steps."""
+    import torch
+
+    from wdiv.training.loop import Runtime, train_epoch
+
+    device = torch.device("cuda")
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 10)).to(device)
+    rt = Runtime(device=device, bf16=True, progress=False)
+    batches = [(torch.randn(32, 3, 4, 4).pin_memory(), torch.randint(0, 10, (32,)).pin_memory()) for _ in range(8)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def steps():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for batch in batches:
+                yield batch
+        finally:
+            torch.cuda.set_sync_debug_mode("default")  # the epoch's one read of its totals comes after
+
+    class Loader:
+        def __iter__(self):
+            return steps()
+
+        def __len__(self):
+            return len(batches)
+
+    stats, step = train_epoch(model, Loader(), opt, rt, lr_at=lambda s: 1.0, step=0)
+    assert step == 8 and stats["train_loss"] > 0
