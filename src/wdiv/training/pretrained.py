@@ -35,6 +35,9 @@ from wdiv.training.text import models as text_models
 log = logging.getLogger(__name__)
 
 BUILTIN_DATA_KEYS = ("name", "source_classes", "image_size", "split_seed", "val_fraction", "test_fraction")
+# The pretraining numerics' version, part of the cache key: bump it whenever the loop draws its randomness
+# differently, so a cache built by older code is never taken for this code's checkpoint (2: per-sample seeds).
+BUILDER_VERSION = 2
 
 
 def resolve(cfg, rt) -> tuple[Path, dict] | None:
@@ -96,6 +99,7 @@ def builtin_spec(cfg) -> dict:
     return {
         "model": {k: model.get(k) for k in ("name", "kwargs", "img_size", "mean", "std", "pretrain")},
         "data": {k: data.get(k) for k in BUILTIN_DATA_KEYS},
+        "builder": BUILDER_VERSION,
     }
 
 
