@@ -11,7 +11,8 @@ Targets: wdiv/floor <= 1.5, WW(mp_fit)/wdiv >= 20, WW(default)/wdiv >= 3.
 saved as model.safetensors) is hard-linked into 1, 4, 16 and 64 checkpoint directories, and
 ``python -m wdiv.analyze ROOT --jobs <cores> --force -q`` is timed on each tree in a fresh
 process; seconds per checkpoint must stay flat as the count grows (the interpreter's start,
-timed alone, is printed so the one-checkpoint row can be read).
+timed alone, is printed so the one-checkpoint row can be read, and "added s/ckpt" is the cost
+of the checkpoints a row adds to the one before).
 
     python scripts/bench_analyze.py                      # the three models
     python scripts/bench_analyze.py --models resnet50 --skip-ww   # quick check
@@ -93,7 +94,8 @@ def scaling(model_name: str, counts: list[int], jobs: int, tmp: str | None) -> N
         start = time.perf_counter() - t
         print(f"{model_name}: {weights.stat().st_size / 1e6:.0f} MB checkpoint, --jobs {jobs}; "
               f"interpreter start with imports {start:.1f} s", flush=True)
-        print(f"{'copies':>6s} {'wall s':>8s} {'s/ckpt':>7s}", flush=True)
+        print(f"{'copies':>6s} {'wall s':>8s} {'s/ckpt':>7s} {'added s/ckpt':>12s}", flush=True)
+        last = None  # (copies, wall) of the previous row: the added checkpoints' cost excludes the start
         for n in counts:
             tree = root / f"x{n}"
             for i in range(n):
@@ -108,7 +110,9 @@ def scaling(model_name: str, counts: list[int], jobs: int, tmp: str | None) -> N
             done = len(list(tree.glob("*/spectra.csv")))
             if done != n:
                 sys.exit(f"{n} copies: {done} spectra.csv written")
-            print(f"{n:6d} {wall:8.2f} {wall / n:7.2f}", flush=True)
+            added = (wall - last[1]) / (n - last[0]) if last and n > last[0] else float("nan")
+            print(f"{n:6d} {wall:8.2f} {wall / n:7.2f} {added:12.2f}", flush=True)
+            last = (n, wall)
             shutil.rmtree(tree)
     finally:
         shutil.rmtree(root, ignore_errors=True)

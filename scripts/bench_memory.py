@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--tmp", default=None, help="where the checkpoints are written (deleted after)")
     args = ap.parse_args()
     print(f"{'case':4s} {'GiB':>5s} {'layers':>6s} {'baseline':>8s} {'peak':>6s} {'peak-base':>9s} "
-          f"{'gram':>6s} {'wdiv s':>7s} {'floor s':>7s} {'ratio':>5s}  (RSS and Gram in GiB)", flush=True)
+          f"{'gram':>6s} {'/gram':>5s} {'wdiv s':>7s} {'floor s':>7s} {'ratio':>5s}  (RSS and Gram in GiB)", flush=True)
     verdicts = []
     for name in args.cases:
         what, build = CASES[name]
@@ -180,6 +180,7 @@ def main() -> None:
             floor = float("nan") if args.no_floor else run_json(FLOOR, ckpt)["seconds"]
             peak, base = res["peak"] / GIB, res["baseline"] / GIB
             print(f"{name:4s} {size:5.2f} {layers:6d} {base:8.2f} {peak:6.2f} {peak - base:9.2f} {gram / GIB:6.3f} "
+                  f"{(peak - base) * GIB / gram:5.1f} "
                   f"{res['seconds']:7.1f} {floor:7.1f} {res['seconds'] / floor:5.2f}  {what} "
                   f"(case wall {time.perf_counter() - t:.0f} s)", flush=True)
             limit = 0.75 if name == "a" else 1.5
