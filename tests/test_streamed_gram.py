@@ -100,11 +100,15 @@ def test_analyze_of_a_file_streams_and_gives_the_in_memory_table(tmp_path, dtype
     monkeypatch.setattr(esd, "_BLOCK_ELEMS", 5000)  # several blocks per layer
     want = analyze(state)  # in memory: the whole-tensor path
     read = []
-    with open_weights(tmp_path / "model.safetensors") as source:
-        orig = source._lines
-        source._lines = lambda *a: read.append(a[0]) or orig(*a)
+    with open_weights(tmp_path / "model.safetensors") as st:
+        def lines(key, axis, lo, hi):
+            read.append(key)
+            return st.read_lines(key, axis, lo, hi)
+
+        source = WeightSource("counting", st.shapes, {k: st.is_float(k) for k in st.shapes}, st.tensor,
+                              lines=lines, streamable=st.can_stream)
         got = pd.DataFrame([r.row for r in iter_layer_results(source, AnalyzeOptions())]).sort_values("layer_id")
-    assert set(read) == {"up.weight", "down.weight"}
+    assert set(read) == {"up.weight", "down.weight"}  # streamed; head (M <= 64) and conv read whole
     pd.testing.assert_frame_equal(got.reset_index(drop=True), want)
     pd.testing.assert_frame_equal(analyze(tmp_path / "shards"), want)
 
