@@ -266,3 +266,21 @@ def test_an_older_runs_filtered_variant_is_the_add_filter_category():
     out = annotate(runs)
     assert out["category"].tolist() == ["synthetic:add+filter", "synthetic:add+filter", "synthetic:add", "synthetic"]
     assert out["variant"].tolist() == ["add+filter", "add+filter", "add", ""]
+
+
+def test_per_layer_figure_draws_levels_off_the_grid():
+    """A soup's group (level_index null) is drawn as a line of its own, not dropped."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from wdiv.report.figures import per_layer_d
+
+    rows = [{"arm": arm, "variant": variant, "level": level, "level_index": index, "seed": seed,
+             "longname": name, "layer_order": order, "D_log_norm": 0.1 * order + seed}
+            for arm, variant, level, index in (("dropout", None, 0.1, 0), ("soup", "uniform", "dropout", None),
+                                               ("soup", "greedy", "dropout", None), ("soup", "uniform", "weight_decay", None))
+            for seed in (0, 1) for order, name in enumerate(("a", "b", "c"))]
+    fig = per_layer_d(pd.DataFrame(rows), "log_norm")
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible() and ax.get_title()}
+    labels = sorted(t.get_text() for t in panels["soup"].get_legend().get_texts())
+    assert labels == ["greedy dropout", "uniform dropout", "uniform weight_decay"]
+    assert len(panels["dropout"].get_legend().get_texts()) == 1

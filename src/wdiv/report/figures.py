@@ -49,6 +49,18 @@ def _text(value) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
+def _rank_off_grid(sub: pd.DataFrame) -> pd.DataFrame:
+    """Levels off the arm's grid (level_index null: a soup's group, a level outside the grid) get
+    ranks after the grid's, in text order, so that they are drawn rather than dropped by groupby."""
+    off = sub["level_index"].isna()
+    if not off.any():
+        return sub
+    names = sub.loc[off, "level"].map(_text)
+    rank = {name: i for i, name in enumerate(sorted(names.unique()))}
+    start = sub.loc[~off, "level_index"].max() + 1 if (~off).any() else 0
+    return sub.assign(level_index=sub["level_index"].where(~off, start + names.map(rank)))
+
+
 def per_layer_d(layers: pd.DataFrame, metric: str) -> Figure:
     """D of one metric along the network: one panel per category, one line per level (seed mean,
     band = min..max over seeds); colour runs light to dark with strength, line style marks the
@@ -62,9 +74,9 @@ def per_layer_d(layers: pd.DataFrame, metric: str) -> Figure:
     position = {name: i for i, name in enumerate(order)}
     styles = ["-", "--", ":", "-."]
     for ax, arm in zip(axes.flat, arms):
-        sub = layers[layers["arm"] == arm].assign(
+        sub = _rank_off_grid(layers[layers["arm"] == arm].assign(
             _x=lambda d: d["longname"].map(position), _variant=lambda d: d["variant"].map(_text)
-        )
+        ))
         levels = sub.drop_duplicates("level_index").sort_values("level_index")["level_index"].tolist()
         shade = {lvl: cm.viridis(0.9 * i / max(len(levels) - 1, 1)) for i, lvl in enumerate(levels)}
         variants = sorted(sub["_variant"].unique())
