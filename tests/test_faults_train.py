@@ -8,6 +8,7 @@ and leave no run directory.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -358,7 +359,11 @@ def test_config_yaml_that_is_not_yaml_is_named(tmp_path, reference):
 @pytest.mark.parametrize("draw", [0, 1])
 def test_sigkill_at_a_seeded_random_point_then_resume_gives_the_same_weights(draw, tmp_path, reference):
     rng = random.Random(1234 + draw)
-    delay = rng.uniform(0.0, 1.5)  # after the first checkpoint: mid-epoch, mid-checkpoint or mid-eval
+    # after the first checkpoint: mid-epoch, mid-checkpoint or mid-eval, and before the end (a fraction of
+    # the training time the reference run still had after epoch 1, however fast the loop has become)
+    with (reference / "history.csv").open() as f:
+        remaining = sum(float(row["epoch_time_s"]) for row in list(csv.DictReader(f))[1:])
+    delay = rng.uniform(0.0, 0.9) * remaining
     args = [*BASE, f"paths.runs_dir={tmp_path}"]
     run_dir = tmp_path / RUN
     proc = subprocess.Popen([sys.executable, "-m", "wdiv.train", *args], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
