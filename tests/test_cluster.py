@@ -90,7 +90,7 @@ BUILD = textwrap.dedent(
     (out.parent / f"ready-{sys.argv[3]}").touch()
     while len(list(out.parent.glob("ready-*"))) < 2:  # start both builds together
         time.sleep(0.01)
-    print(pretrained.ensure_builtin(cfg, runtime(cfg.trainer)))
+    print(pretrained.ensure_builtin(cfg, runtime(cfg.trainer, 1)))
     """
 )
 
@@ -106,7 +106,21 @@ def test_two_processes_that_need_the_same_builtin_checkpoint_build_it_once(tmp_p
     paths = {out.strip().splitlines()[-1] for out, _ in outs}
     assert len(paths) == 1 and Path(paths.pop()).is_file()
     if soft:
-        assert not list(cache.rglob("*.lock"))  # a soft lock is its file: removed when released
+        assert list(cache.rglob("*.soft")) == []  # a soft lock is its file: removed when released
+
+
+def test_a_soft_lock_is_not_held_up_by_the_file_an_os_lock_left(tmp_path, monkeypatch):
+    from wdiv import locks
+
+    path = tmp_path / "entry.lock"
+    with locks.locked(path):
+        pass
+    assert path.exists()  # filelock leaves the OS lock's file behind
+    monkeypatch.setenv("WDIV_LOCK", "soft")
+    monkeypatch.setattr(locks, "SOFT_WAIT_S", 2.0)
+    with locks.locked(path):  # would wait SOFT_WAIT_S and raise if it took that file as held
+        assert (tmp_path / "entry.lock.soft").exists()
+    assert not (tmp_path / "entry.lock.soft").exists()
 
 
 # ------------------------------------------------------------------ run.json pretrained: portable

@@ -7,6 +7,9 @@ some Lustre or object-store mounts) have no ``flock``: there a soft lock is used
 the OS lock is refused (recent filelock versions switch by themselves, older ones raise and are
 switched here), or always with ``WDIV_LOCK=soft``. A soft lock is left behind by a
 holder that was killed (``kill -9``, a node failure): the waiting run names the file to delete.
+The soft lock has its own file (``<lock>.soft``), since an OS lock leaves its file behind; jobs
+that share a cache should use one kind (set ``WDIV_LOCK`` alike), as the two kinds do not
+exclude each other.
 """
 
 from __future__ import annotations
@@ -44,11 +47,12 @@ def locked(path: Path):
             finally:
                 lock.release()
             return
-    soft = SoftFileLock(str(path), timeout=SOFT_WAIT_S)
+    # its own file: an OS lock leaves its (unlocked) file behind, which a soft lock would take as held
+    soft = SoftFileLock(str(path) + ".soft", timeout=SOFT_WAIT_S)
     try:
         soft.acquire()
     except Timeout:
-        raise TimeoutError(f"{path}: soft lock held for over {SOFT_WAIT_S / 3600:.0f} h; if no run is building this cache entry, delete the file") from None
+        raise TimeoutError(f"{path}.soft: soft lock held for over {SOFT_WAIT_S / 3600:.0f} h; if no run is building this cache entry, delete the file") from None
     try:
         yield
     finally:

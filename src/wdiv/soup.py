@@ -17,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from wdiv.cpus import available_cpus
 from wdiv.training.soups import GROUP_KEYS, KINDS, make_soups, summary
 
 
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         print(f"wdiv.soup: error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    outcomes = make_soups(args.runs_dir, keys, kinds, device=args.device, force=args.force)
+    outcomes = make_soups(args.runs_dir, keys, kinds, device=args.device, force=args.force, cpus=available_cpus())
     for o in outcomes:
         if o.action == "refused":
             print(f"wdiv.soup: refused: {o.folder}: {o.reason}", file=sys.stderr)

@@ -113,6 +113,8 @@ def task(cfg) -> dict:
             if multirun:
                 raise PointFailed(f"{out_dir}: {err}") from None
             sys.exit(2)
+        except OmegaConfBaseException as err:  # raised inside the run: a fault, not a config that failed to compose
+            raise RuntimeError(f"{out_dir}: {type(err).__name__}: {err}") from err
         except interrupts.Interrupted as stop:
             log.warning("%s; rerun the same command to resume", stop)
             catcher.hand_over(stop)  # under submitit: checkpoint + requeue (exits)

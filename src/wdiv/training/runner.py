@@ -83,7 +83,7 @@ def _same_level(a, b) -> bool:
     return a == b
 
 
-def runtime(trainer, cpus: int = 1) -> Runtime:
+def runtime(trainer, cpus: int) -> Runtime:
     """The Runtime ``trainer`` asks for; ``cpus`` is what the entry point found this process may
     use (wdiv.cpus.available_cpus: SLURM's or the affinity mask's count), never asked here."""
     threads = int(trainer.threads)

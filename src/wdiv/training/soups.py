@@ -368,8 +368,10 @@ def _write_soup(soup_dir: Path, weights: dict, config: dict, info: dict, rt, sta
     write_json(soup_dir / RUN_FILE, info)
 
 
-def make_soups(runs_dir: Path, keys=("arm",), kinds=KINDS, device: str = "auto", force: bool = False) -> list[Outcome]:
-    """Every group's soups under ``runs_dir``; a refused group is one Outcome with the reason, the others still run."""
+def make_soups(runs_dir: Path, keys=("arm",), kinds=KINDS, device: str = "auto", force: bool = False,
+               cpus: int = 1) -> list[Outcome]:
+    """Every group's soups under ``runs_dir``; a refused group is one Outcome with the reason, the others still run.
+    ``cpus``: what the entry point found this process may use (wdiv.cpus.available_cpus)."""
     runs_dir = Path(runs_dir)
     members = find_members(runs_dir)
     outcomes = []
@@ -380,7 +382,7 @@ def make_soups(runs_dir: Path, keys=("arm",), kinds=KINDS, device: str = "auto",
             continue
         try:
             cfg = load_config(group.members[0].run_dir)
-            rt = runtime(OmegaConf.merge(cfg.trainer, {"device": device, "progress": False}))
+            rt = runtime(OmegaConf.merge(cfg.trainer, {"device": device, "progress": False}), cpus)
             outcomes += build_group(group, tuple(kinds), runs_dir, rt, force)
         except SoupRefused as why:
             outcomes.append(Outcome("refused", group.folder, reason=str(why)))

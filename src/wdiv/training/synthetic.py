@@ -148,11 +148,11 @@ def _materialise(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]
     if not items:
         raise ValueError("synth: the real training split is empty")
-    first = torch.as_tensor(items[0][0])
-    if len({tuple(torch.as_tensor(x).shape) for x, _ in items}) > 1:  # image folders keep each stored size
-        from torchvision.transforms.v2.functional import resize
-
-        items = [(resize(torch.as_tensor(x), list(first.shape[-2:]), antialias=True), y) for x, y in items]
+    sizes = {tuple(torch.as_tensor(x).shape) for x, _ in items}
+    if len(sizes) > 1:  # image folders keep each stored size; resizing them here would augment the
+        # synthetic arm's real images at another scale than the baseline's (a confound between arms)
+        raise ConfigError(f"data.image_size: the synthetic arm mixes real and generated images as one tensor, but the "
+                          f"real training images have {len(sizes)} different sizes; set data.image_size=N to decode them at one size")
     images = torch.stack([torch.as_tensor(x) for x, _ in items])
     if images.dtype != torch.uint8:
         raise TypeError(f"synth: real images must be uint8 tensors, got {images.dtype}")
