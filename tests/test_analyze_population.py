@@ -169,6 +169,29 @@ def test_a_dead_job_fails_only_what_it_left_undone_naming_its_log(tmp_path, monk
     assert old.analysed == [] and len(old.failed) == 3
 
 
+def test_a_dead_job_counts_a_failed_analysis_it_recorded_as_failed(tmp_path, monkeypatch):
+    """The job analysed m0, the analysis failed (a NaN layer; its record says so), then the job died."""
+    zoo = _zoo(tmp_path / "zoo", n=1)
+    bad = {"fc1.weight": torch.full((24, 16), float("nan")), "fc2.weight": torch.randn(12, 24)}
+    save_file(bad, str(zoo / "m0" / "model.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    targets = cli.discover(["zoo"])
+    assert cli.main(["zoo", "-q"]) == 1
+    report = _job_report(_DeadJob(zoo / JOBS_FOLDER), targets, since=time.time() - 60)
+    assert report.analysed == [] and list(report.failed) == ["zoo/m0/model.safetensors"]
+    assert "layer fc1" in report.failed["zoo/m0/model.safetensors"][0]
+
+
+def test_a_requeued_job_does_not_redo_what_it_finished_even_with_force():
+    """submitit's checkpoint(): the resubmitted job runs the same chunk without --force."""
+    from wdiv.analysis_executor import ChunkJob
+
+    job = ChunkJob(print, "opts", {"force": True, "save_esd": True})
+    again = job.checkpoint(["chunk"])
+    assert again.function.settings == {"force": False, "save_esd": True} and again.args == (["chunk"],)
+    assert again.function.cwd == job.cwd and job.settings["force"] is True
+
+
 @pytest.mark.parametrize("extra,line", [
     (["--executor", "slurm"], "--executor slurm: no sbatch here (run it where SLURM jobs are submitted, "
                               "or use --executor submitit-local)"),

@@ -296,3 +296,32 @@ def test_conv_adapters_and_dense_options_equal_the_dense_update(tmp_path):
     row = ours.set_index("longname").loc["model.layers.0.self_attn.q_proj"]
     assert row.alpha_farms == pytest.approx(ref.alpha_farms.iloc[0], rel=1e-9)
     assert np.isfinite(row.rand_distance)
+
+
+def _nan_in_q_proj(state):
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"
+    bad = state[key].clone()
+    bad[0, 0] = float("nan")
+    return {**state, key: bad}
+
+
+def test_a_non_finite_factor_fails_its_layer_not_the_adapter(tmp_path):
+    """NaN in one layer's lora_B: that row is failed (exit 1, as any failed layer), every other
+    adapted layer is analysed and the table written."""
+    make_adapter(tmp_path / "ad", tensors=_nan_in_q_proj)
+    assert run(tmp_path / "ad") == 1
+    df = pd.read_csv(tmp_path / "ad" / "spectra.csv").set_index("longname")
+    assert df.loc["model.layers.0.self_attn.q_proj", "status"] == "failed"
+    assert (df.drop(index="model.layers.0.self_attn.q_proj")["status"] == "success").all()
+
+
+def test_the_adapter_hash_covers_its_config(tmp_path):
+    """Same factors, another lora_alpha: another dW, so another sha256 (the population table's)."""
+    from wdiv.analysis_targets import checkpoint_sha256
+
+    make_adapter(tmp_path / "a", alpha=8)
+    make_adapter(tmp_path / "b", alpha=16)
+    assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == (tmp_path / "b" / "adapter_model.safetensors").read_bytes()
+    assert checkpoint_sha256(tmp_path / "a") != checkpoint_sha256(tmp_path / "b")
+    make_adapter(tmp_path / "c", alpha=8)
+    assert checkpoint_sha256(tmp_path / "a") == checkpoint_sha256(tmp_path / "c")

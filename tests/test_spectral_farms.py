@@ -232,3 +232,25 @@ def test_degenerate_esds_fail_instead_of_returning_zero():
     assert fit["status"] == "failed" and math.isnan(fit["alpha"])
     with pytest.raises(ValueError):
         peak_fit(np.ones(10))
+
+
+def test_the_options_fingerprint_records_farms_as_resolved():
+    """The default preset asked for by name, or its values given explicitly, is the same procedure and
+    so one fingerprint (outputs stay up to date); FARMS options without --farms change nothing."""
+    from wdiv.spectral.options import AnalyzeOptions, FarmsOptions
+
+    default = AnalyzeOptions(farms=True).fingerprint()
+    named = AnalyzeOptions(farms=True, farms_options=FarmsOptions(preset="imagecls", window=100, xmin="median"))
+    assert named.fingerprint() == default
+    assert default["farms_options"] == {"preset": "imagecls", "window": 100, "windows_per_dim": 9,
+                                        "aspect_ratio": 1.0, "xmin": "median"}
+    assert AnalyzeOptions(farms=True, farms_options=FarmsOptions(window=50)).fingerprint() != default
+    off = AnalyzeOptions(farms=False, farms_options=FarmsOptions(window=50)).fingerprint()
+    assert off == AnalyzeOptions().fingerprint() and off["farms_options"] is None
+
+
+def test_a_window_with_no_column_is_refused_before_any_file_is_read():
+    from wdiv.spectral.options import FarmsOptions
+
+    with pytest.raises(ConfigError, match="farms_aspect_ratio"):
+        FarmsOptions(window=10, aspect_ratio=0.05)  # floor(10 x 0.05) = 0 columns

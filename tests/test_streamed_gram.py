@@ -184,3 +184,19 @@ def test_without_the_blas_binding_the_gram_matrix_is_numpys(monkeypatch):
     np.testing.assert_array_equal(without, without.T)
     np.testing.assert_allclose(with_binding, without, rtol=1e-13, atol=1e-13 * np.abs(without).max())
     np.testing.assert_allclose(without, w.T @ w, rtol=1e-13, atol=1e-13 * np.abs(without).max())
+
+
+def test_a_header_whose_byte_span_disagrees_with_the_shape_is_named_not_streamed(tmp_path):
+    """fc.weight claims 100 x 80 float32 but its data_offsets span 100 x 81: streaming from the shape alone
+    would read the wrong bytes; the layer goes to the whole-tensor read, which names the damage."""
+    rng = np.random.default_rng(0)
+    good = rng.standard_normal((100, 81)).astype(np.float32)
+    header = {"fc.weight": {"dtype": "F32", "shape": [100, 80], "data_offsets": [0, good.nbytes]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + good.tobytes())
+    with open_weights(path) as source:
+        assert not source.can_stream("fc.weight")
+    with pytest.raises(WeightsError, match=str(path)):
+        analyze(str(path))

@@ -96,9 +96,13 @@ class ChunkJob:
         return self.analyse(chunk, self.opts, self.settings)
 
     def checkpoint(self, chunk: list[Target]):
+        """Requeued (timeout, preemption): the same chunk, without --force, so that what this job
+        finished is skipped as up to date rather than redone on every requeue."""
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(self, chunk)
+        again = ChunkJob(self.analyse, self.opts, {**self.settings, "force": False})
+        again.cwd = self.cwd
+        return DelayedSubmission(again, chunk)
 
 
 def submit(job: ChunkJob, chunks: list[list[Target]], spec: JobSpec) -> list:
@@ -131,11 +135,19 @@ def _job_report(job, chunk: list[Target], since: float) -> ChunkReport:
     why = f"job {job.job_id} failed ({_last_line(exc)}); log {job.paths.stderr}"
     report = ChunkReport()
     for t in chunk:
-        if read_record(t.summary)[0] is not None and t.summary.stat().st_mtime >= since:
+        record = read_record(t.summary)[0]
+        if record is not None and t.summary.stat().st_mtime >= since and not _record_errors(record):
             report.analysed.append(str(t.weights))
+        elif record is not None and t.summary.stat().st_mtime >= since:  # its analysis failed, then the job died
+            report.failed[str(t.weights)] = _record_errors(record)
         else:
             report.failed[str(t.weights)] = [f"{t.weights}: not analysed: {why}"]
     return report
+
+
+def _record_errors(record: dict) -> list[str]:
+    """The error lines a checkpoint's record holds (a failed analysis writes its record too)."""
+    return [str(e) for e in ((record.get("wdiv") or {}).get("errors") or [])]
 
 
 def wait(jobs: list, chunks: list[list[Target]], since: float, poll_s: float = 1.0,
@@ -158,9 +170,10 @@ def wait(jobs: list, chunks: list[list[Target]], since: float, poll_s: float = 1
     summaries = {str(t.weights): t.summary for chunk in chunks for t in chunk}
     for weights in list(total.analysed):
         record, why = read_record(summaries[weights])
-        if record is None:
+        if record is None or _record_errors(record):
             total.analysed.remove(weights)
-            total.failed[weights] = [f"{summaries[weights]}: {why} after its job wrote it"]
+            total.failed[weights] = _record_errors(record) if record is not None else [
+                f"{summaries[weights]}: {why} after its job wrote it"]
     return total
 
 

@@ -91,9 +91,11 @@ def _adapter_base(folder: Path) -> Path | None:
 
 def checkpoint_sha256(ref: Path) -> str:
     """sha256 of a reference: wdiv.io's for a file or safetensors shards (as run.json records it),
-    else of the PyTorch files the directory holds, in order."""
+    else of the files the directory holds, in order (PyTorch files; an adapter's config and
+    weights: its lora_alpha, r and patterns change dW as much as its factors do)."""
     files = checkpoint_files(ref)
-    if ref.is_file() or any(f.name.endswith(".safetensors") for f in files):
+    adapter = any(f.name == ADAPTER_CONFIG for f in files)
+    if ref.is_file() or (not adapter and any(f.name.endswith(".safetensors") for f in files)):
         return sha256_file(ref)
     digest = hashlib.sha256()
     for f in files:

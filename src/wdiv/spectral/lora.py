@@ -270,6 +270,8 @@ def delta_evals(adapter: LoraAdapter, layer: LoraLayer, m: int) -> np.ndarray | 
     if layer.layout == "conv2d":
         return None
     b, a = adapter.factors(layer)
+    if not (np.isfinite(b).all() and np.isfinite(a).all()):
+        return np.full((1, m), np.nan)  # this layer's row fails (api.layer_results), not the whole adapter
     return lowrank_eigenvalues(b, a, layer.scale, m)[None, :]
 
 

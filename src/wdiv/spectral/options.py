@@ -44,6 +44,17 @@ class FarmsOptions:
             raise ConfigError(f"farms_aspect_ratio: must be a finite number > 0 (window columns / rows), got {r!r}")
         if self.xmin is not None and self.xmin not in XMIN_RULES:
             raise ConfigError(f"farms_xmin: must be one of {', '.join(XMIN_RULES)}, got {self.xmin!r}")
+        full = self.settings()
+        if int(full.window * full.aspect_ratio) < 1:
+            raise ConfigError(f"farms_aspect_ratio: windows of {full.window} rows x {full.aspect_ratio} would have no "
+                              "column (floor(m Q) < 1)")
+
+    def resolved(self) -> dict:
+        """These options with the preset named and its values filled in (FarmsOptions(**resolved())
+        gives the same settings())."""
+        full = self.settings()
+        return {"preset": self.preset or DEFAULT_PRESET, **{k: getattr(full, k) for k in
+                                                           ("window", "windows_per_dim", "aspect_ratio", "xmin")}}
 
     def settings(self) -> FarmsSettings:
         """The complete procedure: the preset with the explicit values put over it."""
@@ -115,4 +126,7 @@ class AnalyzeOptions:
         d = dataclasses.asdict(self)
         for k in ("device", "batch_bytes"):
             d.pop(k)
+        # FARMS as resolved (the preset named, its values filled in), and only when it is on: the same
+        # procedure asked for two ways is one fingerprint, and options that change nothing change none
+        d["farms_options"] = self.farms_options.resolved() if self.farms else None
         return d

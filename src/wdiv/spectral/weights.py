@@ -326,8 +326,11 @@ class SafetensorsFile:
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def can_read_lines(self, key: str) -> bool:
-        dtype_name, shape, _, _ = self.entries[key]
-        return len(shape) == 2 and dtype_name in _LINE_DTYPES and min(shape) > 0
+        """Streamable: a 2-D tensor of a line dtype whose byte span is exactly its shape's (a header
+        that disagrees goes to get_tensor, which names the damage, rather than reading a neighbour's bytes)."""
+        dtype_name, shape, begin, end = self.entries[key]
+        return (len(shape) == 2 and dtype_name in _LINE_DTYPES and min(shape) > 0
+                and end - begin == shape[0] * shape[1] * np.dtype(_LINE_DTYPES[dtype_name]).itemsize)
 
     def read_lines(self, key: str, axis: int, lo: int, hi: int) -> np.ndarray:
         """Rows (axis 0) or columns (axis 1) lo:hi of a 2-D tensor with plain reads of those bytes only.
