@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import re
 import signal
 import sys
@@ -33,7 +32,7 @@ from wdiv.analysis_population import population_root, write_population
 from wdiv.analysis_targets import attach_bases, discover
 from wdiv.cpus import available_cpus
 from wdiv.errors import ConfigError
-from wdiv.spectral.weights import find_adapter, find_checkpoint
+from wdiv.spectral.weights import find_adapter, find_checkpoint, open_weights
 
 log = logging.getLogger("wdiv.analyze")
 
@@ -56,8 +55,7 @@ def _set_threads(jobs: int) -> None:
 
 def _adapter_results(weights: Path, opts, merge_base: Path | None, stack: contextlib.ExitStack):
     """(results, hashes()) of a PEFT adapter directory: dW rows, + W + dW rows with its base."""
-    from wdiv.spectral import lora
-    from wdiv.spectral.weights import open_weights
+    from wdiv.spectral import lora  # deferred like the engine's other heavy modules (api, esd)
 
     adapter = stack.enter_context(lora.LoraAdapter(weights))
     base = stack.enter_context(open_weights(merge_base)) if merge_base is not None else None
@@ -74,7 +72,7 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
     weights_sha256 column (with --base, so the report can tell unchanged layers exactly).
     A PEFT adapter directory gives the rows of its updates dW; merge_base (its --base) adds W + dW."""
     from wdiv.spectral.api import iter_layer_results, results_frame
-    from wdiv.spectral.weights import WeightsError, layer_hashes, open_weights, select_layers
+    from wdiv.spectral.weights import WeightsError, layer_hashes, select_layers
 
     _set_threads(jobs)
     outcome = Outcome(esd={} if save_esd else None)

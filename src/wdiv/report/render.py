@@ -14,7 +14,6 @@ import pandas as pd
 
 from wdiv.report.cells import label
 from wdiv.report.changes import Changes, missing_lines
-from wdiv.report.soups import markdown_lines as soup_lines
 from wdiv.report.tables import CELL, OUTCOMES, Report
 from wdiv.report.trajectories import onset_lines as trajectory_onset_lines
 
@@ -221,7 +220,7 @@ def summary_markdown(report: Report, runs_dir: Path, across_text: dict[str, str]
             "",
         ]
     if report.soups is not None:
-        lines += [*soup_lines(report.soups, [m for m in ("log_norm", "alpha") if m in key], markdown_table), ""]
+        lines += [*soup_lines(report.soups, [m for m in ("log_norm", "alpha") if m in key]), ""]
     trend = report.trend[report.trend["metric"].isin(key)]
     lines += [
         "## Strength trend: Spearman of strength with layer-mean D, within each cell and category",
@@ -328,3 +327,30 @@ def latex_tables(report: Report) -> dict[str, str]:
 def no_report_markdown(why: str, runs_dir: Path, skipped: pd.DataFrame) -> str:
     """summary.md when no run could be used at all: why, and every skipped run with its file and reason."""
     return f"# wdiv report\n\nNo report: {why} under `{runs_dir}`.\n\n## Skipped runs\n\n{markdown_table(skipped)}"
+
+
+def soup_lines(table: pd.DataFrame, metrics: list[str]) -> list[str]:
+    """summary.md's soup section (report.soups): soup vs best and mean member (all columns in soups.csv)."""
+    shown = pd.DataFrame({
+        "cell": table["cell"], "soup": "soup:" + table["kind"].astype(str) + " " + table["group"].astype(str),
+        "members": table["n_members"].astype(str) + "/" + table["n_pool"].astype(str),
+        "val acc soup / best": [f"{num(a)} / {num(b)}" for a, b in zip(table["soup_val_acc"], table["best_member_val_acc"])],
+    })
+    for col, name in (("test_acc", "test acc"), ("test_ece", "ECE"), ("ood_acc", "OOD acc")):
+        shown[f"{name} soup / best / mean"] = [f"{num(a)} / {num(b)} / {num(c)}" for a, b, c in
+                                               zip(table[f"soup_{col}"], table[f"best_member_{col}"], table[f"mean_member_{col}"])]
+    for m in metrics:
+        shown[f"D({m}) soup / mean member"] = [f"{num(a)} / {num(b)}" for a, b in
+                                               zip(table[f"soup_D_{m}"], table[f"mean_member_D_{m}"])]
+    if table["cell"].nunique() == 1:
+        shown = shown.drop(columns=["cell"])
+    return [
+        "## Model soups against their members (soups.csv)",
+        "",
+        "Each soup averages the final weights of its pool (runs sharing start, recipe, model, data and the soup's group): "
+        "`uniform` all of them, `greedy` those that did not lower validation accuracy, best first. Best member = the pool's "
+        "highest validation accuracy; mean member = the pool's mean. D of a soup is against the baseline of its seed "
+        "(its members' shared seed, else their lowest); the members' D each against their own seed's baseline.",
+        "",
+        markdown_table(shown),
+    ]

@@ -22,13 +22,11 @@ from pathlib import Path
 import pandas as pd
 
 from wdiv import records
-from wdiv.report.tables import CELL, Report
+from wdiv.report.tables import CELL, OUTCOMES, Report
 
 log = logging.getLogger(__name__)
 
 ARM = "soup"
-OUTCOMES = ("test_acc", "test_ece", "ood_acc")
-KEY_COLUMNS = [*CELL, "run_id", "kind", "group", "seed", "n_pool", "n_members", "best_member", "n_members_in_report"]
 
 
 def _mean(values) -> float:
@@ -97,34 +95,3 @@ def build(report: Report) -> pd.DataFrame | None:
     if table.empty:
         return None
     return table.sort_values(["cell", "group", "kind", "run_id"], kind="stable").reset_index(drop=True)
-
-
-def markdown_lines(table: pd.DataFrame, metrics: list[str], markdown_table) -> list[str]:
-    """summary.md's soup section: soup vs best and mean member (all columns in soups.csv)."""
-    shown = pd.DataFrame({
-        "cell": table["cell"], "soup": "soup:" + table["kind"].astype(str) + " " + table["group"].astype(str),
-        "members": table["n_members"].astype(str) + "/" + table["n_pool"].astype(str),
-        "val acc soup / best": [f"{_fmt(a)} / {_fmt(b)}" for a, b in zip(table["soup_val_acc"], table["best_member_val_acc"])],
-    })
-    for col, name in (("test_acc", "test acc"), ("test_ece", "ECE"), ("ood_acc", "OOD acc")):
-        shown[f"{name} soup / best / mean"] = [f"{_fmt(a)} / {_fmt(b)} / {_fmt(c)}" for a, b, c in
-                                               zip(table[f"soup_{col}"], table[f"best_member_{col}"], table[f"mean_member_{col}"])]
-    for m in metrics:
-        shown[f"D({m}) soup / mean member"] = [f"{_fmt(a)} / {_fmt(b)}" for a, b in
-                                               zip(table[f"soup_D_{m}"], table[f"mean_member_D_{m}"])]
-    if table["cell"].nunique() == 1:
-        shown = shown.drop(columns=["cell"])
-    return [
-        "## Model soups against their members (soups.csv)",
-        "",
-        "Each soup averages the final weights of its pool (runs sharing start, recipe, model, data and the soup's group): "
-        "`uniform` all of them, `greedy` those that did not lower validation accuracy, best first. Best member = the pool's "
-        "highest validation accuracy; mean member = the pool's mean. D of a soup is against the baseline of its seed "
-        "(its members' shared seed, else their lowest); the members' D each against their own seed's baseline.",
-        "",
-        markdown_table(shown),
-    ]
-
-
-def _fmt(value) -> str:
-    return "NaN" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
