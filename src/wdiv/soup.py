@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from wdiv.cpus import available_cpus
+from wdiv.training.validate import DEVICE
 from wdiv.training.soups import GROUP_KEYS, KINDS, make_soups, summary
 
 
@@ -62,7 +63,7 @@ def check_options(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     if bad or not kinds:
         raise OptionError(f"--kind {','.join(bad) or repr(args.kind)}: give uniform, greedy or uniform,greedy")
     device = str(args.device)
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+    if not DEVICE.match(device):  # the names trainer.device takes
         raise OptionError(f"--device {device}: give auto, cpu, cuda or cuda:K")
     return list(dict.fromkeys(keys)), list(dict.fromkeys(kinds))
 

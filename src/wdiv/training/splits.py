@@ -8,13 +8,14 @@ pipeline as real ones. Builders (datasets, corruptions, text) import these types
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset
+
+from wdiv.references import default_cache
 
 
 class TensorImages(Dataset):
@@ -89,10 +90,9 @@ class Splits:
 
 
 def cache_root(paths_cfg) -> Path:
-    """``paths.cache_dir``, else ``$WDIV_CACHE``, else ``~/.cache/wdiv``."""
+    """``paths.cache_dir``, else the default cache (``$WDIV_CACHE``, else ``~/.cache/wdiv``)."""
     root = paths_cfg.get("cache_dir") if paths_cfg is not None else None
-    root = root or os.environ.get("WDIV_CACHE") or "~/.cache/wdiv"
-    return Path(root).expanduser()
+    return Path(root).expanduser() if root else default_cache()
 
 
 def data_id(data_cfg) -> str:
