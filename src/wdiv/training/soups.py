@@ -35,6 +35,8 @@ its record is up to date and skipped. Every file is written atomically, run.json
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import re
 import time
@@ -74,9 +76,9 @@ class Member:
     run_id: str  # relative to RUNS_DIR
     info: dict
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        """Of its final weights: as run.json records it (checked when loaded), else computed."""
+        """Of its final weights: as run.json records it (checked when loaded), else computed once."""
         recorded = ((self.info.get("files") or {}).get(WEIGHTS) or {}).get("sha256")
         return str(recorded) if recorded else sha256_file(self.run_dir / WEIGHTS)
 
