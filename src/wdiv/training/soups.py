@@ -36,7 +36,6 @@ its record is up to date and skipped. Every file is written atomically, run.json
 from __future__ import annotations
 
 import functools
-
 import logging
 import re
 import time
