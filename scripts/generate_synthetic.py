@@ -27,7 +27,7 @@ from typing import Any
 from wdiv.io import write_json
 from wdiv.training.generators import StableDiffusionGenerator
 from wdiv.training.generators.folder import CLASSES_FILE
-from wdiv.training.generators.stable_diffusion import image_path
+from wdiv.training.generators.pngs import image_path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None, pipeline: Any = None) -> int:
 
 
 def assemble(parts: Path, counts: list[int], names: list[str], root: Path, *, overwrite: bool = False) -> Path:
-    """Copy the streamed images into ``root/<class name>/<nnnnn>.png`` (+ classes.json, the
-    layout ``synth=folder`` reads); the folder appears whole, then the parts are removed."""
+    """Move the streamed images into ``root/<class name>/<nnnnn>.png`` (+ classes.json, the
+    layout ``synth=folder`` reads; renames on one filesystem, no second copy of the set); the
+    folder appears whole, then the parts are removed (a kill while moving costs only the
+    regeneration of the moved images, which their batch seeds make the same)."""
     if root.exists() and not overwrite:
         raise FileExistsError(f"{root} exists (pass --overwrite to replace it)")
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
@@ -112,7 +114,7 @@ def assemble(parts: Path, counts: list[int], names: list[str], root: Path, *, ov
     for c, (name, n) in enumerate(zip(names, counts)):
         (tmp / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            shutil.copyfile(image_path(parts, c, i), tmp / name / f"{i:05d}.png")
+            os.replace(image_path(parts, c, i), tmp / name / f"{i:05d}.png")
     (tmp / CLASSES_FILE).write_text(json.dumps(names))
     if root.exists():
         shutil.rmtree(root)

@@ -4,12 +4,15 @@ made again; prompts name the dataset's classes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from wdiv.training.generators import StableDiffusionGenerator, cached_generate
-from wdiv.training.generators.stable_diffusion import image_path, read_generated
+from wdiv.training.generators.pngs import image_path, read_generated, read_rgb, write_png
 
 
 class Pipe:
@@ -125,3 +128,25 @@ def test_prompts_name_the_datasets_classes_through_the_real_data_path(tmp_path, 
     assert splits.classes and splits.synth["n_synthetic"] > 0
     assert sorted(set(pipe.prompts)) == sorted(f"a photo of a {name}" for name in splits.classes)
     assert splits.train.images.shape[-2:] == splits.real_train.images.shape[-2:]  # streamed at the target size
+
+
+def test_the_script_assembles_the_streamed_images_into_the_folder_layout(tmp_path, monkeypatch):
+    """scripts/generate_synthetic.py: the streamed PNGs end up, unchanged, as root/<class name>/<n>.png
+    with classes.json (what synth=folder reads), the parts folder gone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_synthetic", Path(__file__).resolve().parents[1] / "scripts" / "generate_synthetic.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    parts = tmp_path / ".out.parts"
+    made = {}
+    for c, n in enumerate([2, 3]):
+        for i in range(n):
+            made[c, i] = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(10 * c + i))
+            write_png(image_path(parts, c, i), made[c, i])
+    root = script.assemble(parts, [2, 3], ["cat", "dog"], tmp_path / "out")
+    assert json.loads((root / "classes.json").read_text()) == ["cat", "dog"] and not parts.exists()
+    for (c, i), image in made.items():
+        assert torch.equal(read_rgb(root / ["cat", "dog"][c] / f"{i:05d}.png"), image)
+    with pytest.raises(FileExistsError):
+        script.assemble(parts, [2, 3], ["cat", "dog"], tmp_path / "out")

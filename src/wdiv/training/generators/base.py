@@ -21,6 +21,7 @@ class Generator(ABC):
 
     name: str = ""
     cacheable: bool = True
+    streams: bool = False  # has generate_to(folder, counts, seed=, size=): writes generators.pngs' layout
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = dict(cfg)

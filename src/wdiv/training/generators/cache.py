@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wdiv.training.generators.base import Generator
-from wdiv.training.generators.stable_diffusion import read_generated
+from wdiv.training.generators.pngs import read_generated
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def cached_generate(
             saved = load_file(str(path))
             return saved["images"], saved["labels"]
     generator.fit(images, labels, class_names=class_names, seed=seed)
-    if path is not None and hasattr(generator, "generate_to"):
-        # streamed to disk at the real images' size (bounded memory), resumable: see stable_diffusion
+    if path is not None and generator.streams:
+        # streamed to disk at the real images' size (bounded memory), resumable: see generators.pngs
         parts = path.with_name(f"{path.stem}.parts")
         generator.generate_to(parts, counts, seed=seed, size=tuple(images.shape[-2:]))
         out_images, out_labels = read_generated(parts, counts)

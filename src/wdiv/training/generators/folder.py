@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from wdiv.errors import ConfigError
 from wdiv.training.generators.base import Generator
+from wdiv.training.generators.pngs import read_rgb
 
 CLASSES_FILE = "classes.json"  # directory names in label order, written by write_image_folder
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
@@ -67,7 +67,7 @@ class FolderGenerator(Generator):
             if len(files) < count:
                 raise ConfigError(f"synth.generator.root: {d} has {len(files)} images, {count} needed")
             chosen = np.random.default_rng([seed, c]).permutation(len(files))[:count]
-            images += [_read_rgb(files[i]) for i in sorted(chosen)]
+            images += [read_rgb(files[i]) for i in sorted(chosen)]
             labels += [c] * int(count)
         sizes = {tuple(im.shape) for im in images}
         if len(sizes) > 1:  # mixed sizes: bring all to the first one's size; callers resize anyway
@@ -75,11 +75,6 @@ class FolderGenerator(Generator):
             images = [_resize(im, (h, w)) for im in images]
         stacked = torch.stack(images) if images else torch.empty((0, 3, 1, 1), dtype=torch.uint8)
         return stacked, torch.tensor(labels, dtype=torch.int64)
-
-
-def _read_rgb(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        return pil_to_tensor(im.convert("RGB"))
 
 
 def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

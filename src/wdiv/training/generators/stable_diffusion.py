@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from wdiv.errors import ConfigError
-from wdiv.io import atomic_write
 from wdiv.training.generators.base import Generator
+from wdiv.training.generators.pngs import image_path, is_finished, write_png
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
 
 class StableDiffusionGenerator(Generator):
     name = "stable_diffusion"
+    streams = True  # generate_to: one PNG an image, resumable (the synthetic cache uses it)
 
     def __init__(self, cfg: Any, pipeline: Any = None):
         super().__init__({**DEFAULTS, **dict(cfg)})
@@ -119,11 +120,11 @@ class StableDiffusionGenerator(Generator):
         return torch.cat(images), torch.tensor(labels, dtype=torch.int64)
 
     def generate_to(self, folder: str | Path, counts: Sequence[int], *, seed: int, size: Sequence[int] | None = None) -> Path:
-        """Write ``counts[c]`` images of each class c to ``folder/<c>/<i>.png`` (:func:`image_path`),
+        """Write ``counts[c]`` images of each class c to ``folder/<c>/<i>.png`` (:mod:`.pngs`),
         resized to ``size`` (H, W) as they are made; resumes a partly written folder."""
         folder = Path(folder)
         target = tuple(int(v) for v in size) if size is not None else None
-        todo = [job for job in self._jobs(counts) if not all(_readable(image_path(folder, job[0], job[1] + k), target) for k in range(job[2]))]
+        todo = [job for job in self._jobs(counts) if not all(is_finished(image_path(folder, job[0], job[1] + k), target) for k in range(job[2]))]
         done = len(self._jobs(counts)) - len(todo)
         if done:
             log.info("stable diffusion: resuming %s (%d of %d batches already there)", folder, done, done + len(todo))
@@ -136,49 +137,6 @@ class StableDiffusionGenerator(Generator):
             for k, image in enumerate(batch):
                 write_png(image_path(folder, c, start + k), image)
         return folder
-
-
-def image_path(folder: Path, c: int, index: int) -> Path:
-    """Where :meth:`StableDiffusionGenerator.generate_to` keeps image ``index`` of class ``c``."""
-    return Path(folder) / f"{c:04d}" / f"{index:06d}.png"
-
-
-def write_png(path: Path, image: torch.Tensor) -> None:
-    """uint8 [3, H, W] as a PNG, atomically (a kill never leaves half a file under ``path``)."""
-    from PIL import Image
-
-    array = image.permute(1, 2, 0).contiguous().numpy()
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
-
-
-def read_png(path: Path) -> torch.Tensor:
-    """uint8 [3, H, W] (decoded in full, so a cut file raises)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _readable(path: Path, size: tuple[int, int] | None) -> bool:
-    """A finished image: there, decodes, and (with ``size``) at the target size."""
-    if not path.is_file():
-        return False
-    try:
-        image = read_png(path)
-    except (ValueError, OSError):  # PIL: UnidentifiedImageError, truncated data
-        log.warning("%s: not a readable PNG; generating its batch again", path)
-        return False
-    return size is None or tuple(image.shape[-2:]) == tuple(size)
-
-
-def read_generated(folder: str | Path, counts: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The images :meth:`StableDiffusionGenerator.generate_to` wrote, class by class (uint8 [N, 3, H, W])."""
-    images = [read_png(image_path(Path(folder), c, i)) for c, n in enumerate(counts) for i in range(int(n))]
-    labels = [c for c, n in enumerate(counts) for _ in range(int(n))]
-    if not images:
-        return torch.empty((0, 3, 1, 1), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
 
 def _to_uint8_chw(batch: Any) -> torch.Tensor:
