@@ -48,11 +48,11 @@ def hub_weights(model: str) -> Path | None:
     from hydra import compose, initialize_config_dir
 
     from wdiv.train import CONFIG_DIR
-    from wdiv.training.splits import cache_root
+    from wdiv.training.pretrained import hub_folder
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={model}"])
-    path = cache_root(cfg.paths) / "pretrained" / f"hub-{str(cfg.model.name).replace('/', '_')}" / "model.safetensors"
+    path = hub_folder(cfg) / "model.safetensors"
     return path if path.is_file() else None
 
 

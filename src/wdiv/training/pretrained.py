@@ -151,6 +151,11 @@ def _pretrain(cfg, rt, weights: Path) -> dict:
     return {"source_train_acc": last["train_acc"], "n_source": len(source), "epochs": int(pre.epochs)}
 
 
+def hub_folder(cfg) -> Path:
+    """Where the hub weights of ``cfg.model.name`` are cached (whether or not they are there yet)."""
+    return cache_root(cfg.paths) / "pretrained" / f"hub-{str(cfg.model.name).replace('/', '_')}"
+
+
 def ensure_hub(cfg) -> Path:
     """Download timm's pretrained weights once (network) and keep them as safetensors in the cache."""
     import timm
@@ -158,7 +163,7 @@ def ensure_hub(cfg) -> Path:
     name = str(cfg.model.name)
     if not timm.is_model(name):
         raise ConfigError(f"model.name: unknown timm model {name!r}")
-    folder = cache_root(cfg.paths) / "pretrained" / f"hub-{name.replace('/', '_')}"
+    folder = hub_folder(cfg)
     weights = folder / "model.safetensors"
     with locked(folder.parent / f"{folder.name}.lock"):
         if not (weights.exists() and (folder / "pretrained.json").exists()):
