@@ -353,3 +353,15 @@ def test_a_refused_submission_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
                             "(sbatch: error: invalid partition specified: nope)"]
     assert "Traceback" not in err
     assert not list(tmp_path.rglob("spectra*")) and not (tmp_path / "p.csv").exists()
+
+
+def test_chunks_keep_targets_that_share_a_reference_together():
+    """Six runs on two references, three a job: each job holds one reference (analysed once there)."""
+    from wdiv.analysis_executor import split
+    from wdiv.analysis_outputs import Target
+
+    targets = [Target(Path(f"r{i}/model.safetensors"), Path(f"r{i}/spectra.csv"), Path(f"r{i}/spectra_summary.json"),
+                      base=Path("a" if i % 2 else "b")) for i in range(6)]
+    chunks = split(targets, 3)
+    assert [{t.base for t in chunk} for chunk in chunks] == [{Path("a")}, {Path("b")}]
+    assert sorted(str(t.weights) for chunk in chunks for t in chunk) == sorted(str(t.weights) for t in targets)

@@ -78,8 +78,11 @@ def spec_from_args(args) -> JobSpec:
 
 
 def split(todo: list[Target], per_job: int) -> list[list[Target]]:
-    """Consecutive chunks (targets sharing a reference stay together: it is analysed once per chunk)."""
-    return [todo[i:i + per_job] for i in range(0, len(todo), per_job)]
+    """Chunks of ``per_job``, targets ordered by their reference first (stable), so that runs
+    sharing a --base reference fill as few chunks as they can: each chunk analyses its
+    references once (a reference shared by k chunks is analysed k times)."""
+    ordered = sorted(todo, key=lambda t: str(t.base) if t.base is not None else "")
+    return [ordered[i:i + per_job] for i in range(0, len(ordered), per_job)]
 
 
 class ChunkJob:
