@@ -77,13 +77,18 @@ def _passes_self_check(fn) -> bool:
 @functools.lru_cache(maxsize=1)
 def _dsyevd():
     """The GIL-free dsyevd binding, or None where none can be trusted."""
+    return _first_trusted(_bind, _passes_self_check, "dsyevd")
+
+
+def _first_trusted(bind, check, what: str):
+    """The first binding from numpy's BLAS libraries that passes its self-check, or None."""
     try:
         for path in _numpy_blas_paths():
-            fn = _bind(path)
-            if fn is not None and _passes_self_check(fn):
+            fn = bind(path)
+            if fn is not None and check(fn):
                 return fn
     except Exception as exc:  # an unusual build must never break the analysis
-        log.debug("no GIL-free LAPACK binding: %s", exc)
+        log.debug("no GIL-free %s binding: %s", what, exc)
     return None
 
 
@@ -132,14 +137,7 @@ def _dsyrk():
     is the one the other reads)."""
     if _dsyevd() is None:
         return None
-    try:
-        for path in _numpy_blas_paths():
-            fn = _bind_syrk(path)
-            if fn is not None and _syrk_passes_self_check(fn):
-                return fn
-    except Exception as exc:  # an unusual build must never break the analysis
-        log.debug("no GIL-free dsyrk binding: %s", exc)
-    return None
+    return _first_trusted(_bind_syrk, _syrk_passes_self_check, "dsyrk")
 
 
 def gram_update(gram: np.ndarray | None, x: np.ndarray) -> np.ndarray:
