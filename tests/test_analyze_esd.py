@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from wdiv import analyze
-from wdiv.spectral.weights import tensor_sha256
+from wdiv.spectral.torch_weights import tensor_sha256
 
 
 def _weights(seed, changed=True):

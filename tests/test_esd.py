@@ -57,7 +57,7 @@ def test_gaussian_esd_has_marchenko_pastur_edges():
 
 
 def test_blockwise_gram_equals_one_shot():
-    from wdiv.spectral.esd import gram_matrix
+    from wdiv.spectral.esd_torch import gram_matrix
 
     w = torch.randn(3, 500, 40, generator=torch.Generator().manual_seed(3))
     one = gram_matrix(w)
@@ -93,14 +93,15 @@ def test_solver_pool_serial_and_torch_paths_agree(m):
     """The job queue with a background thread, the caller-only path and the batched torch
     path (what CUDA runs) give the same eigenvalues; a NaN stack is flagged without
     poisoning its batch."""
-    from wdiv.spectral.esd import EigenSolver, _eigs_torch
+    from wdiv.spectral.esd import _SVD_BELOW, EigenSolver
+    from wdiv.spectral.esd_torch import eigs_torch
 
     stacks = _solver_stacks(m)
     with EigenSolver("cpu", threads=2) as solver:
         pooled_results = [h.result() for h in solver.submit(stacks)]
     with EigenSolver("cpu", threads=1) as solver:
         serial_results = [h.result() for h in solver.submit(stacks)]
-    torch_results = _eigs_torch(stacks, torch.device("cpu"))
+    torch_results = eigs_torch(stacks, "cpu", _SVD_BELOW)
     assert [r[2] for r in pooled_results] == [r[2] for r in serial_results] == [r[2] for r in torch_results] \
         == [True, True, True, False]
     for (ev_p, sus_p, _), (ev_s, _, _), (ev_t, sus_t, _) in zip(pooled_results[:3], serial_results, torch_results):

@@ -8,8 +8,6 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-import torch
-
 from wdiv.analysis_executor import EXECUTORS, PER_JOB, TIME_MIN
 from wdiv.analysis_targets import JOBS_FOLDER
 from wdiv.errors import ConfigError
@@ -173,6 +171,8 @@ def check_args(args):
         key, _, why = str(exc).partition(": ")
         raise ConfigError(f"{FLAGS.get(key, key)}: {why}") from None
     if opts.device != "cpu":
+        import torch  # only a CUDA analysis needs torch: a CPU one runs without it
+
         index = int(opts.device.partition(":")[2] or 0)
         if not torch.cuda.is_available():
             raise ConfigError(f"--device: {opts.device} asked for, but CUDA is not available here")

@@ -39,18 +39,16 @@ log = logging.getLogger("wdiv.analyze")
 # ------------------------------------------------------------------ analysis
 
 
-def _set_threads(jobs: int) -> None:
-    """Share the cores among `jobs` parallel checkpoints: torch's threads (the eigensolver's
-    workers follow them) and, in a spawned worker process, numpy's BLAS threads too."""
-    import torch
-
+def _set_threads(jobs: int) -> int:
+    """Share the cores among `jobs` parallel checkpoints -> the eigensolver's threads for one; in a
+    spawned worker process numpy's BLAS threads follow the share too."""
     cores = available_cpus()  # the job's CPUs: SLURM_CPUS_PER_TASK, else the affinity mask
     threads = max(1, (cores or 1) // max(1, jobs))
-    torch.set_num_threads(threads)
     if jobs > 1:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(threads, user_api="blas")  # process-wide: this process is one job
+    return threads
 
 
 def _adapter_results(weights: Path, opts, merge_base: Path | None, stack: contextlib.ExitStack):
@@ -74,7 +72,7 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
     from wdiv.spectral.api import iter_layer_results, results_frame
     from wdiv.spectral.weights import WeightsError, layer_hashes, select_layers
 
-    _set_threads(jobs)
+    threads = _set_threads(jobs)
     outcome = Outcome(esd={} if save_esd else None)
     rows = []
     hashes: dict[str, str] = {}
@@ -84,7 +82,8 @@ def analyse_checkpoint(weights: Path, opts, plot_dir: Path | None = None, progre
                 results, adapter_hashes = _adapter_results(weights, opts, merge_base, stack)
             else:
                 source = stack.enter_context(open_weights(weights))
-                results, adapter_hashes = iter_layer_results(source, opts, progress=progress, desc=str(weights)), None
+                results = iter_layer_results(source, opts, progress=progress, desc=str(weights), threads=threads)
+                adapter_hashes = None
             if plot_dir is not None:
                 plot_dir.mkdir(parents=True, exist_ok=True)
             for res in results:

@@ -26,10 +26,9 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from .esd import SMALL_M, EigenSolver, eigvals_fn, gram_eigenvalues, pooled, svd_eigenvalues
+from .esd import SMALL_M, EigenSolver, eigvals_fn, gram_eigenvalues, is_cpu, pooled, svd_eigenvalues
 from .options import AnalyzeOptions
 from .weights import LayerSpec, WeightSource, open_weights, select_layers, to_matrices
 
@@ -51,16 +50,17 @@ class LayerResult:
     error: str | None = None  # the layer could not be analysed at all (not merely a failed fit)
 
 
-def analyze(weights, *, progress: bool = False, **options) -> pd.DataFrame:
+def analyze(weights, *, progress: bool = False, threads: int | None = None, **options) -> pd.DataFrame:
     """Analyse every WeightWatcher-selected layer of `weights` (path, state dict or nn.Module).
 
     Options are those of `AnalyzeOptions` (fit, xmax, fix_fingers, mp_fit, randomize, seed,
-    farms, farms_window..., pool, include, exclude, min_evals, max_evals, max_N, device).
+    farms, farms_window..., pool, include, exclude, min_evals, max_evals, max_N, device);
+    threads: the eigensolver's CPU threads (default: numpy's BLAS thread count).
     Returns one row per layer (per slice with pool=False), ordered by layer_id.
     """
     opts = AnalyzeOptions.from_kwargs(**options)
     with open_weights(weights) as source:
-        rows = [r.row for r in iter_layer_results(source, opts, progress=progress)]
+        rows = [r.row for r in iter_layer_results(source, opts, progress=progress, threads=threads)]
     return results_frame(rows)
 
 
@@ -73,7 +73,7 @@ def results_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: bool = False,
-                       desc: str | None = None) -> Iterator[LayerResult]:
+                       desc: str | None = None, threads: int | None = None) -> Iterator[LayerResult]:
     """Yield LayerResults, layer by layer in the order their eigenvalues were queued.
 
     Layers are read and queued on the EigenSolver a batch of same-shape layers at a time
@@ -94,7 +94,7 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
 
     bar = tqdm(total=len(specs), desc=desc or source.label, unit="layer", disable=not progress, leave=False)
     try:
-        with EigenSolver(opts.device) as solver:
+        with EigenSolver(opts.device, threads) as solver:
             queued: deque = deque()
             queued_bytes = 0
             for batch in chain(_shape_batches(specs, opts.batch_bytes, nbytes), [None]):  # None: drain
@@ -114,7 +114,7 @@ def iter_layer_results(source: WeightSource, opts: AnalyzeOptions, *, progress: 
 
 def _streams(spec: LayerSpec, source: WeightSource, opts: AnalyzeOptions) -> bool:
     """Whether a layer's Gram matrix is read block by block from its file (see the module doc)."""
-    return (spec.kind == "dense" and torch.device(opts.device).type == "cpu" and not (opts.randomize or opts.farms)
+    return (spec.kind == "dense" and is_cpu(opts.device) and not (opts.randomize or opts.farms)
             and min(spec.shape) > SMALL_M and source.can_stream(spec.key))
 
 
@@ -130,7 +130,7 @@ def _submit(batch: list[LayerSpec], streamed: set[str], source: WeightSource, so
     return [(spec, *handles[spec.key]) for spec in batch]
 
 
-def _finish_layer(spec: LayerSpec, mats: torch.Tensor | None, solved, opts: AnalyzeOptions,
+def _finish_layer(spec: LayerSpec, mats: np.ndarray | None, solved, opts: AnalyzeOptions,
                   source: WeightSource) -> list[LayerResult]:
     """A solved layer -> its LayerResults (NaN layer: failed; nearly rank-deficient: via SVD).
     mats is None for a streamed layer: its tensor is read whole only for the SVD redo."""
@@ -144,7 +144,7 @@ def _finish_layer(spec: LayerSpec, mats: torch.Tensor | None, solved, opts: Anal
     return _analyse_layer(spec, mats if opts.randomize or opts.farms else None, ev, opts)
 
 
-def layer_results(spec: LayerSpec, mats: torch.Tensor | None, evals: np.ndarray,
+def layer_results(spec: LayerSpec, mats: np.ndarray | None, evals: np.ndarray,
                   opts: AnalyzeOptions) -> list[LayerResult]:
     """A layer's LayerResults from eigenvalues computed elsewhere ((rf, M) ascending per matrix;
     wdiv.spectral.lora's low-rank factors); mats: its matrices, needed for randomize / FARMS."""
@@ -202,7 +202,7 @@ def _failed_rows(spec: LayerSpec, opts: AnalyzeOptions, why: str) -> list[LayerR
                          "status": "failed", "warning": why}, None, error=why) for s in slices]
 
 
-def _analyse_layer(spec: LayerSpec, mats: torch.Tensor | None, evals: np.ndarray,
+def _analyse_layer(spec: LayerSpec, mats: np.ndarray | None, evals: np.ndarray,
                    opts: AnalyzeOptions) -> list[LayerResult]:
     scale = conv2d_scale(spec, opts.pool)
     if opts.pool:
@@ -238,31 +238,28 @@ def _metrics(ev: np.ndarray, spec: LayerSpec, opts: AnalyzeOptions, rand_evals) 
         return {"status": "failed", "warning": why}, why
 
 
-def _layer_generator(spec: LayerSpec, opts: AnalyzeOptions, slice_id: int | None, salt: int) -> torch.Generator:
+def _layer_rng(spec: LayerSpec, opts: AnalyzeOptions, slice_id: int | None, salt: int) -> np.random.Generator:
     # Seeded per (seed, layer, slice, purpose): results do not depend on layer order or --jobs.
-    g = torch.Generator()
-    g.manual_seed(hash((opts.seed, spec.layer_id, -1 if slice_id is None else slice_id, salt)) & ((1 << 63) - 1))
-    return g
+    return np.random.default_rng([opts.seed & ((1 << 63) - 1), spec.layer_id,
+                                  0 if slice_id is None else slice_id + 1, salt])
 
 
-def _random_evals(spec: LayerSpec, w: torch.Tensor, scale: float, opts: AnalyzeOptions,
+def _random_evals(spec: LayerSpec, w: np.ndarray, scale: float, opts: AnalyzeOptions,
                   slice_id: int | None) -> np.ndarray:
     """ESD of W with its elements permuted (each slice on its own), seeded."""
-    g = _layer_generator(spec, opts, slice_id, salt=1)
     flat = w.reshape(w.shape[0], -1)
-    perm = torch.stack([torch.randperm(flat.shape[1], generator=g) for _ in range(flat.shape[0])])
-    shuffled = torch.gather(flat, 1, perm).reshape(w.shape)
+    shuffled = _layer_rng(spec, opts, slice_id, salt=1).permuted(flat, axis=1).reshape(w.shape)
     return pooled(gram_eigenvalues(shuffled, device=opts.device)) * scale
 
 
-def _farms_alpha(w: torch.Tensor, scale: float, spec: LayerSpec, opts: AnalyzeOptions,
+def _farms_alpha(w: np.ndarray, scale: float, spec: LayerSpec, opts: AnalyzeOptions,
                  slice_id: int | None) -> float:
     """alpha_farms of a layer (wdiv.spectral.farms, the reference's procedure): a dense W as
     stored (out x in), a conv layer's kernel slices (conv_norm, not `scale`, as the reference)."""
     from . import farms
 
     try:
-        x = w.float().cpu().numpy()
+        x = np.asarray(w, dtype=np.float32)
         if spec.kind == "dense":
             x = x[0].T if spec.shape[0] < spec.shape[1] else x[0]  # to_matrices put N >= M: undo
         fit = farms.farms_fit(x, opts.farms_options.settings(), conv=spec.kind == "conv2d",

@@ -9,7 +9,8 @@ rank and so the matrix entropy; a matrix whose smallest Gram eigenvalue is below
 ``_SVD_BELOW * lambda_max`` is therefore redone with a float64 SVD (rare: random and trained
 weights sit far above it).
 
-Why numpy on CPU and torch on CUDA: torch's CPU wheels link MKL, whose float64 GEMM and
+Why numpy on CPU and torch on CUDA (wdiv.spectral.esd_torch, imported only for a CUDA device, so
+the CPU engine runs in a process without torch): torch's CPU wheels link MKL, whose float64 GEMM and
 syevd run 1.5-2x slower than numpy's OpenBLAS on AMD cores (measured on this project's
 machine: 512 x 512 eigvalsh 16.2 vs 11.4 ms, the 1024 x 512 Gram product 12.8 vs 6.2 ms,
 one thread each). Both calls run without the GIL (numpy's matmul; dsyevd through
@@ -29,7 +30,6 @@ import contextlib
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 
 from .jobs import Job, JobQueue
 from .lapack import blas_controller, eigvalsh_inplace, gram_update, mirror_upper
@@ -43,12 +43,20 @@ _BLOCK_ELEMS = 1 << 21
 # ------------------------------------------------------------------ CPU: numpy / OpenBLAS
 
 
-def _as_numpy(w: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as a numpy array without copying when numpy knows its dtype."""
-    w = w.detach()
-    if w.dtype not in (torch.float32, torch.float64):
-        w = w.float()  # bf16/fp16: numpy has no bf16
-    return w.cpu().numpy()
+def as_array(w) -> np.ndarray:
+    """Matrices as a numpy array: a numpy array as it is, a (CPU) torch tensor without a copy where
+    numpy knows its dtype (bfloat16 widened to float32), without importing torch here."""
+    if hasattr(w, "detach"):  # a torch tensor, from a caller that has torch loaded
+        w = w.detach().cpu()
+        if w.is_floating_point() and str(w.dtype) not in ("torch.float32", "torch.float64", "torch.float16"):
+            w = w.float()
+        return w.numpy()
+    return np.asarray(w)
+
+
+def is_cpu(device) -> bool:
+    """Whether a device name ("cpu", "cuda", "cuda:1") is the CPU."""
+    return str(device).split(":")[0] == "cpu"
 
 
 def _lines_per_block(m: int, block_elems: int | None) -> int:
@@ -158,49 +166,11 @@ def _blas_threads(n: int):
     return blas_controller().limit(limits=n, user_api="blas")
 
 
-# ------------------------------------------------------------------ CUDA (and CPU torch): torch
-
-
-def gram_matrix(mats: torch.Tensor, *, device: str | torch.device = "cpu",
-                block_elems: int = _BLOCK_ELEMS, out: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, N, M) with N >= M -> float64 (B, M, M) W^T W on `device`, accumulated over row blocks.
-
-    Only one block of rows is ever held in float64 (memory ~ the input + M x M). `out`
-    receives the result if given. The torch path, used for CUDA.
-    """
-    if mats.dim() == 2:
-        mats = mats.unsqueeze(0)
-    if mats.shape[-2] < mats.shape[-1]:
-        mats = mats.transpose(-2, -1)
-    b, n, m = mats.shape
-    rows = max(1, block_elems // max(1, b * m))
-    if out is None:
-        out = torch.empty(b, m, m, dtype=torch.float64, device=device)
-    if rows >= n:
-        x = mats.to(device=out.device, dtype=torch.float64)
-        return torch.matmul(x.transpose(-2, -1), x, out=out)
-    out.zero_()
-    for i in range(0, n, rows):
-        xb = mats[:, i:i + rows].to(device=out.device, dtype=torch.float64)
-        out.baddbmm_(xb.transpose(-2, -1), xb)
-    return out
-
-
-def _eigs_torch(mats: list[torch.Tensor], device) -> list[tuple[np.ndarray, np.ndarray, bool]]:
-    """Same-shape (rf, N, M) stacks -> one Gram buffer and one batched eigvalsh call on `device`."""
-    m = min(mats[0].shape[-2:])
-    grams = torch.empty(sum(x.shape[0] for x in mats), m, m, dtype=torch.float64, device=device)
-    bounds, pos = [], 0
-    for x in mats:
-        gram_matrix(x, out=grams[pos:pos + x.shape[0]])
-        bounds.append((pos, pos + x.shape[0]))
-        pos += x.shape[0]
-    finite = torch.isfinite(grams.diagonal(dim1=-2, dim2=-1)).all(dim=-1).cpu().numpy()
-    grams[~torch.from_numpy(finite).to(device)] = 0.0  # a NaN layer must not poison the batch call
-    evals = torch.linalg.eigvalsh(grams)
-    suspect = (evals[..., 0] <= _SVD_BELOW * evals[..., -1]).cpu().numpy()
-    evals = evals.clamp_min(0.0).cpu().numpy()
-    return [(evals[lo:hi], suspect[lo:hi], bool(finite[lo:hi].all())) for lo, hi in bounds]
+def blas_threads() -> int:
+    """How many threads numpy's BLAS runs (its default: the cores, or OMP/OPENBLAS_NUM_THREADS)."""
+    libs = [info for info in blas_controller().info() if info.get("user_api") == "blas"]
+    numpy_libs = [info for info in libs if "numpy" in info.get("filepath", "").replace("\\", "/").lower()]
+    return max(1, max((info["num_threads"] for info in numpy_libs or libs), default=1))
 
 
 # ------------------------------------------------------------------ the solver
@@ -210,22 +180,23 @@ class EigenSolver:
     """Gram eigenvalues of (rf, N, M) stacks, computed while the caller goes on.
 
     CPU: each matrix is one job in a JobQueue served by `threads` - 1 background threads and
-    by the caller whenever it waits for a result (`threads`: torch's thread count, which
-    ``--jobs`` divides), numpy's BLAS pinned to one thread per job. With one thread the jobs
+    by the caller whenever it waits for a result (`threads`: the caller's CPU share, which
+    ``--jobs`` divides; by default numpy's BLAS thread count), numpy's BLAS pinned to one thread per job. With one thread the jobs
     run when their result is asked for, BLAS keeping its own threads (one big matrix).
-    CUDA: the stacks of one submit are one batched torch call. `submit(stacks)` returns one
+    CUDA: the stacks of one submit are one batched torch call (wdiv.spectral.esd_torch). `submit(stacks)` returns one
     handle per stack whose result() is (evals (rf, M) ascending, suspect (rf,), finite).
     Use as a context manager.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", threads: int | None = None):
-        self.device = torch.device(device)
-        self.threads = threads or torch.get_num_threads()
+    def __init__(self, device: str = "cpu", threads: int | None = None):
+        self.device = device
+        self.cpu = is_cpu(device)
+        self.threads = threads or blas_threads()
         self._queue: JobQueue | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "EigenSolver":
-        if self.device.type == "cpu":
+        if self.cpu:
             if self.threads > 1:
                 self._stack.enter_context(_blas_threads(1))
             self._queue = self._stack.enter_context(JobQueue(self.threads - 1))
@@ -235,13 +206,15 @@ class EigenSolver:
         self._stack.close()
         self._queue = None
 
-    def submit(self, stacks: list[torch.Tensor]) -> list:
+    def submit(self, stacks: list[np.ndarray]) -> list:
         """Queue same-shape stacks; one handle per stack, whose result() is (evals, suspect, finite)."""
-        if self.device.type != "cpu":
-            return [_Done(r) for r in _eigs_torch(stacks, self.device)]
+        if not self.cpu:
+            from . import esd_torch  # torch only for a CUDA device
+
+            return [_Done(r) for r in esd_torch.eigs_torch(stacks, self.device, _SVD_BELOW)]
         handles = []
         for x in stacks:
-            a = _as_numpy(x)
+            a = as_array(x)
             jobs = [Job(_eigs_numpy_small, a)] if min(a.shape[-2:]) <= SMALL_M else [Job(_eigs_numpy, m) for m in a]
             handles.append(_Gathered(self._queue, jobs))
         self._queue.put([job for h in handles for job in h.jobs])
@@ -252,7 +225,7 @@ class EigenSolver:
 
         Each is one job that reads its blocks and forms its Gram matrix when it runs, so a
         queued matrix holds no data; handles as `submit`'s, evals (1, M)."""
-        if self.device.type != "cpu":
+        if not self.cpu:
             raise ValueError("streamed Gram matrices are formed on the CPU only")
         handles = [_Gathered(self._queue, [Job(_eigs_streamed, read, tuple(shape))]) for read, shape in matrices]
         self._queue.put([h.jobs[0] for h in handles])
@@ -287,26 +260,32 @@ class _Gathered:
 # ------------------------------------------------------------------ one-call helpers
 
 
-def gram_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
+def gram_eigenvalues(mats, *, device: str = "cpu", threads: int | None = None) -> np.ndarray:
     """(B, N, M) stack -> (B, min(N, M)) eigenvalues of each W^T W, ascending, float64.
 
     Matrices whose Gram result is suspect (nearly rank-deficient) come from an SVD instead.
     """
-    if mats.dim() == 2:
-        mats = mats.unsqueeze(0)
-    with EigenSolver(device, threads=None if mats.shape[0] > 1 else 1) as solver:
+    mats = as_array(mats)
+    if mats.ndim == 2:
+        mats = mats[None]
+    with EigenSolver(device, threads=threads if mats.shape[0] > 1 else 1) as solver:
         evals, suspect, _ = solver.submit([mats])[0].result()
     if suspect.any():
-        evals[suspect] = svd_eigenvalues(mats[torch.from_numpy(suspect)], device=device)
+        evals[suspect] = svd_eigenvalues(mats[suspect], device=device)
     return evals
 
 
-def svd_eigenvalues(mats: torch.Tensor, *, device: str | torch.device = "cpu") -> np.ndarray:
+def svd_eigenvalues(mats, *, device: str = "cpu") -> np.ndarray:
     """Squared singular values from a float64 SVD, ascending (rank-deficient matrices, tests)."""
-    if mats.dim() == 2:
-        mats = mats.unsqueeze(0)
-    sv = torch.linalg.svdvals(mats.to(device=device, dtype=torch.float64))
-    return torch.flip(sv * sv, dims=[-1]).cpu().numpy()
+    mats = as_array(mats)
+    if mats.ndim == 2:
+        mats = mats[None]
+    if not is_cpu(device):
+        from . import esd_torch
+
+        return esd_torch.svd_eigenvalues(mats, device)
+    sv = np.linalg.svd(np.asarray(mats, dtype=np.float64), compute_uv=False)
+    return (sv * sv)[..., ::-1].copy()
 
 
 def pooled(evals: np.ndarray) -> np.ndarray:
@@ -314,11 +293,11 @@ def pooled(evals: np.ndarray) -> np.ndarray:
     return np.sort(evals.reshape(-1))
 
 
-def eigvals_fn(device: str | torch.device = "cpu"):
+def eigvals_fn(device: str = "cpu"):
     """A callable W -> sorted eigenvalues, for code that takes one (FARMS windows)."""
 
     def fn(w) -> np.ndarray:
-        t = torch.as_tensor(w)
-        return gram_eigenvalues(t, device=device).reshape(-1) if t.dim() == 2 else pooled(gram_eigenvalues(t, device=device))
+        w = as_array(w)
+        return gram_eigenvalues(w, device=device).reshape(-1) if w.ndim == 2 else pooled(gram_eigenvalues(w, device=device))
 
     return fn

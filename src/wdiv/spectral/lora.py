@@ -7,6 +7,10 @@ An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetenso
 ``...lora_embedding_B`` (dim x r); conv ``lora_A`` (r, in, kh, kw) with a 1 x 1 ``lora_B``.
 A row is named by the base layer (``longname`` = ``<module>``, its key ``<module>.weight``), with
 the base layer's shape and orientation (``fan_in_fan_out``: GPT-2's Conv1D stores in x out).
+PEFT decides that orientation per module type (Conv1D: in x out, Linear: out x in) and records
+only the last adjustment in the config's one ``fan_in_fan_out``, so with the base checkpoint each
+non-square layer takes the orientation its base weight has (`LoraAdapter.orient`); a square layer,
+or a layer without a base, follows the config.
 
 scale = lora_alpha / r, or lora_alpha / sqrt(r) with ``use_rslora``; ``rank_pattern`` and
 ``alpha_pattern`` override r and alpha per module, matched as PEFT matches them (the first
@@ -47,13 +51,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
 
 from .api import LayerResult, layer_results, results_frame
 from .esd import gram_eigenvalues
 from .options import AnalyzeOptions
 from .weights import (ADAPTER_CONFIG, WEIGHT_SUFFIX, WeightsError, WeightSource, find_adapter, open_weights,
-                      select_layers, tensor_sha256, to_matrices)
+                      select_layers, to_matrices)
 
 log = logging.getLogger(__name__)
 
@@ -217,19 +220,29 @@ class LoraAdapter:
                                "(r / rank_pattern do not describe these weights)")
         return LoraLayer(module, a_key, b_key, layout, rank, scale, tuple(shape))
 
+    def orient(self, base_shapes: dict[str, tuple[int, ...]]) -> None:
+        """Give each non-square linear layer the orientation of its base weight (out x in, or in x
+        out for Conv1D), whatever the config's global fan_in_fan_out says; a shape that fits
+        neither is left for adapter_specs to refuse."""
+        flip = {"linear": "fan_in_fan_out", "fan_in_fan_out": "linear"}
+        for key, layer in list(self.layers.items()):
+            shape = tuple(base_shapes.get(key, ()))
+            if layer.layout in flip and shape != layer.shape and shape == layer.shape[::-1]:
+                self.layers[key] = replace(layer, layout=flip[layer.layout], shape=shape)
+
     def factors(self, layer: LoraLayer) -> tuple[np.ndarray, np.ndarray]:
         """(B, A) in float64 with dW (out x in, before any transpose) = scale * B @ A."""
-        a = self.source.tensor(layer.a_key).detach().to(torch.float64)
-        b = self.source.tensor(layer.b_key).detach().to(torch.float64)
+        a = np.asarray(self.source.tensor(layer.a_key), dtype=np.float64)
+        b = np.asarray(self.source.tensor(layer.b_key), dtype=np.float64)
         if layer.layout == "conv2d":
             b = b[:, :, 0, 0]
-        return b.numpy(), a.numpy()
+        return b, a
 
-    def delta(self, layer: LoraLayer) -> torch.Tensor:
+    def delta(self, layer: LoraLayer) -> np.ndarray:
         """Dense float64 dW in the base weight's layout (shape layer.shape)."""
-        b, a = (torch.from_numpy(x) for x in self.factors(layer))
+        b, a = self.factors(layer)
         if layer.layout == "conv2d":
-            return layer.scale * torch.einsum("or,rikl->oikl", b, a)
+            return layer.scale * np.einsum("or,rikl->oikl", b, a)
         dw = layer.scale * (b @ a)
         return dw.T if layer.layout in ("embedding", "fan_in_fan_out") else dw
 
@@ -250,7 +263,9 @@ class LoraAdapter:
 
 
 def adapter_specs(adapter: LoraAdapter, opts: AnalyzeOptions, base: WeightSource | None = None):
-    """The adapted layers the options select; layer_id the base checkpoint's when it is given."""
+    """The adapted layers the options select; layer_id (and orientation) the base checkpoint's when it is given."""
+    if base is not None:
+        adapter.orient(base.shapes)
     specs = select_layers(adapter.as_source(), pool=opts.pool, min_evals=opts.min_evals, max_evals=opts.max_evals,
                           max_N=opts.max_N, include=opts.include, exclude=opts.exclude)
     if base is None:
@@ -289,7 +304,7 @@ def iter_adapter_results(adapter: LoraAdapter, opts: AnalyzeOptions, base: Weigh
             ev = gram_eigenvalues(mats, device=opts.device)
         results = layer_results(spec, mats, ev, opts)
         if base is not None:
-            merged = to_matrices(spec, base.tensor(spec.key).detach().to(torch.float64) + adapter.delta(layer))
+            merged = to_matrices(spec, np.asarray(base.tensor(spec.key), dtype=np.float64) + adapter.delta(layer))
             results += [_tagged(r, "merged") for r in
                         layer_results(spec, merged, gram_eigenvalues(merged, device=opts.device), opts)]
         for res in results:
@@ -318,7 +333,6 @@ def adapter_hashes(adapter: LoraAdapter, specs) -> dict[str, str]:
     out = {}
     for spec in specs:
         layer = adapter.layers[spec.key]
-        parts = [tensor_sha256(adapter.source.tensor(layer.a_key)), tensor_sha256(adapter.source.tensor(layer.b_key)),
-                 repr(layer.scale)]
+        parts = [adapter.source.sha256(layer.a_key), adapter.source.sha256(layer.b_key), repr(layer.scale)]
         out[spec.longname] = hashlib.sha256("|".join(parts).encode()).hexdigest()
     return out
