@@ -121,10 +121,49 @@ def test_fan_in_fan_out_and_embedding_layers_take_the_base_layout(tmp_path):
     with LoraAdapter(folder) as adapter:
         conv1d, wte = adapter.layers["h.0.attn.c_attn.weight"], adapter.layers["wte.weight"]
         assert conv1d.shape == (50, 70) and wte.shape == (300, 32)  # GPT-2 Conv1D: in x out; Embedding: vocab x dim
-        np.testing.assert_allclose(adapter.delta(conv1d).numpy(), (b.astype(float) @ a).T, rtol=1e-12)
-        np.testing.assert_allclose(adapter.delta(wte).numpy(), (eb.astype(float) @ ea).T, rtol=1e-12)
+        np.testing.assert_allclose(adapter.delta(conv1d), (b.astype(float) @ a).T, rtol=1e-12)
+        np.testing.assert_allclose(adapter.delta(wte), (eb.astype(float) @ ea).T, rtol=1e-12)
     assert run(folder, "--min-evals", "1") == 0
     assert set(pd.read_csv(folder / "spectra.csv").longname) == {"h.0.attn.c_attn", "wte"}
+
+
+def test_each_layer_takes_its_base_weights_orientation_whatever_the_global_flag(tmp_path):
+    """PEFT orients per module type (Conv1D in x out, Linear out x in) but saves one fan_in_fan_out:
+    with the base checkpoint, a GPT-2-style Conv1D layer (base stored in x out) under a config that
+    says False, and a Linear layer under one that says True, both merge into W + dW as the base
+    stores them; a square layer follows the config."""
+    from wdiv.spectral import analyze
+
+    rng = np.random.default_rng(5)
+    shapes = {"h.0.attn.c_attn": ((64, 96), True), "h.0.mlp.c_fc": ((40, 64), False), "h.0.attn.c_proj": ((64, 64), True)}
+    base, adapter, merged = {}, {}, {}
+    for module, ((rows, cols), conv1d) in shapes.items():
+        inp, out = (rows, cols) if conv1d else (cols, rows)
+        w = rng.standard_normal((rows, cols)).astype(np.float32) / 8
+        a = rng.standard_normal((4, inp)).astype(np.float32) / 4
+        b = rng.standard_normal((out, 4)).astype(np.float32) / 4
+        base[f"{module}.weight"] = torch.from_numpy(w)
+        adapter[f"base_model.model.{module}.lora_A.weight"] = torch.from_numpy(a)
+        adapter[f"base_model.model.{module}.lora_B.weight"] = torch.from_numpy(b)
+        dw = 2.0 * b.astype(np.float64) @ a
+        merged[f"{module}.weight"] = w.astype(np.float64) + (dw.T if conv1d else dw)
+    (tmp_path / "base").mkdir()
+    save_file(base, str(tmp_path / "base" / "model.safetensors"))
+    for flag in (False, True):
+        folder = tmp_path / f"ad_{flag}"
+        folder.mkdir()
+        save_file(adapter, str(folder / "adapter_model.safetensors"))
+        (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "fan_in_fan_out": flag}))
+        assert run(folder, "--base", tmp_path / "base", "--min-evals", "1") == 0
+        rows = pd.read_csv(folder / "spectra.csv")
+        rows = rows[rows["matrix"] == "merged"].set_index("longname")
+        expected = analyze({k: torch.from_numpy(v) for k, v in merged.items()}, min_evals=1).set_index("longname")
+        for module in ("h.0.attn.c_attn", "h.0.mlp.c_fc"):  # non-square: the base decides
+            np.testing.assert_allclose(rows.loc[module, "log_spectral_norm"], expected.loc[module, "log_spectral_norm"],
+                                       rtol=1e-9, err_msg=f"{module} with fan_in_fan_out={flag}")
+        square = rows.loc["h.0.attn.c_proj", "log_spectral_norm"]
+        agrees = math.isclose(square, expected.loc["h.0.attn.c_proj", "log_spectral_norm"], rel_tol=1e-9)
+        assert agrees == flag  # a square Conv1D layer: only the config can tell
 
 
 # ------------------------------------------------------------------ WeightWatcher on the dense matrices
