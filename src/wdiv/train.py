@@ -26,12 +26,10 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from wdiv.training.config_schema import register as register_schemas
-from wdiv.variants import variant
 
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
-# configs/exp/synthetic.yaml names its run directories by the variant (aliases spelled out)
-OmegaConf.register_new_resolver("wdiv_synth_variant", variant, replace=True)
-# the groups' YAML files start from these schemas (enum keys fail at compose time, naming the key)
+# the groups' YAML files start from these schemas (enum keys fail at compose time, naming the
+# key); also registers the wdiv_synth_variant resolver of configs/exp/synthetic.yaml
 register_schemas()
 
 # The keys that choose which model or which data a run has (run.json model / data): a multirun

@@ -12,6 +12,18 @@ The enums are ``str`` enums whose ``str()`` is the value: code that compares, fo
 or writes these keys sees the same strings as before.
 
 ``trainer.device`` is not an enum (``cuda:N`` names any GPU); validate.py checks its form.
+
+:func:`register` stores the schemas and the resolver the YAML files name
+(``wdiv_synth_variant``, configs/exp/synthetic.yaml). ``python -m wdiv.train`` calls it, and so
+does importing the config package ``wdiv.configs``, which Hydra does when a notebook composes
+the packaged configs::
+
+    from hydra import compose, initialize_config_module
+    with initialize_config_module(config_module="wdiv.configs", version_base=None):
+        cfg = compose("train", overrides=["+exp=dropout"])
+
+With ``initialize_config_dir`` (a path, no import) call
+``wdiv.training.config_schema.register()`` first, or ``import wdiv.configs``.
 """
 
 from __future__ import annotations
@@ -66,11 +78,19 @@ NAME = "_schema"  # in each group's defaults list: ``- _schema``
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore (idempotent); the train entry point calls it."""
+    """Store the schemas in Hydra's ConfigStore and register the YAML files' resolver (idempotent).
+
+    Called by ``python -m wdiv.train`` and by ``import wdiv.configs``.
+    """
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from wdiv.variants import variant
 
     store = ConfigStore.instance()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*subclasses `Dict`.*", category=UserWarning)
         for group, schema in SCHEMAS.items():
             store.store(group=group, name=NAME, node=schema)
+    # configs/exp/synthetic.yaml names its run directories by the variant (aliases spelled out)
+    OmegaConf.register_new_resolver("wdiv_synth_variant", variant, replace=True)
