@@ -55,11 +55,11 @@ def floor_fns(model) -> dict:
 
     src = open_weights(model)
     mats = [m for spec in select_layers(src) for m in to_matrices(spec, src.tensor(spec.key))]
-    arrays = sorted((m.numpy() for m in mats), key=lambda a: -a.size * min(a.shape))
+    arrays = sorted(mats, key=lambda a: -a.size * min(a.shape))
 
     def torch_serial():
         for w in mats:
-            x = w.to(torch.float64)
+            x = torch.from_numpy(w).to(torch.float64)
             torch.linalg.eigvalsh(x.T @ x)
 
     def numpy_serial():
@@ -90,7 +90,7 @@ def scaling(model_name: str, counts: list[int], jobs: int, tmp: str | None) -> N
         weights = root / "model.safetensors"
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import torch, wdiv.analyze, wdiv.spectral.api"], check=True)
+        subprocess.run([sys.executable, "-c", "import wdiv.analyze, wdiv.spectral.api"], check=True)
         start = time.perf_counter() - t
         print(f"{model_name}: {weights.stat().st_size / 1e6:.0f} MB checkpoint, --jobs {jobs}; "
               f"interpreter start with imports {start:.1f} s", flush=True)

@@ -8,8 +8,9 @@ fresh subprocess with the CLI's defaults, then deleted:
      --hidden, --ffn, --vocab)
   c  a bfloat16 checkpoint with a 32000 x 4096 embedding and --c-layers layers of 4096 x 11008
      MLP matrices (gate, up, down)
-For each: the process's RSS after its imports (baseline: interpreter, numpy, torch and the wdiv
-modules the analysis runs), its peak RSS (Linux VmHWM, reset at the baseline), the largest analysed Gram matrix (M x M
+For each: the process's RSS after its imports (baseline: interpreter, numpy and the wdiv modules
+the analysis runs; a safetensors analysis never imports torch, and the script says whether it
+did), its peak RSS (Linux VmHWM, reset at the baseline), the largest analysed Gram matrix (M x M
 float64), the analysis time, and the eigensolver floor: the Gram products and eigvalsh of the
 same matrices from memory, one thread per core (single-threaded BLAS each, largest first), timed
 in a second subprocess. Targets: (a) <= 0.75 GiB peak RSS, every case < 1.5 GiB.
@@ -37,7 +38,7 @@ GIB = 1 << 30
 # imports; not getrusage's ru_maxrss, which keeps the parent's peak across fork and exec.
 ANALYSE = r"""
 import json, sys, time
-import numpy, psutil, torch
+import numpy, psutil
 import wdiv.analysis_outputs, wdiv.spectral.api, wdiv.spectral.metrics
 from wdiv.analyze import main
 def hwm():
@@ -48,22 +49,24 @@ with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # reset VmHWM to the current RSS
 t = time.perf_counter()
 code = main([sys.argv[1], "-q", "--force"])
-print(json.dumps({"code": code, "seconds": time.perf_counter() - t, "baseline": base, "peak": hwm()}))
+print(json.dumps({"code": code, "seconds": time.perf_counter() - t, "baseline": base, "peak": hwm(),
+                  "torch": "torch" in sys.modules}))
 """
 
 FLOOR = r"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
-import torch
+import numpy as np
 from threadpoolctl import threadpool_limits
+from wdiv.cpus import available_cpus
 from wdiv.spectral.esd import gram_numpy
 from wdiv.spectral.lapack import eigvalsh_inplace
 from wdiv.spectral.weights import open_weights, select_layers, to_matrices
 src = open_weights(sys.argv[1])
-arrays = [m.float().numpy() for s in select_layers(src) for m in to_matrices(s, src.tensor(s.key))]
+arrays = [np.asarray(m, dtype=np.float32) for s in select_layers(src) for m in to_matrices(s, src.tensor(s.key))]
 arrays.sort(key=lambda a: -a.size * min(a.shape))
 t = time.perf_counter()
-with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(torch.get_num_threads()) as pool:
+with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(available_cpus()) as pool:
     list(pool.map(lambda a: eigvalsh_inplace(gram_numpy(a)), arrays))
 print(json.dumps({"seconds": time.perf_counter() - t}))
 """
@@ -181,7 +184,8 @@ def main() -> None:
             peak, base = res["peak"] / GIB, res["baseline"] / GIB
             print(f"{name:4s} {size:5.2f} {layers:6d} {base:8.2f} {peak:6.2f} {peak - base:9.2f} {gram / GIB:6.3f} "
                   f"{(peak - base) * GIB / gram:5.1f} "
-                  f"{res['seconds']:7.1f} {floor:7.1f} {res['seconds'] / floor:5.2f}  {what} "
+                  f"{res['seconds']:7.1f} {floor:7.1f} {res['seconds'] / floor:5.2f}  {what}, torch "
+                  f"{'imported' if res['torch'] else 'never imported'} "
                   f"(case wall {time.perf_counter() - t:.0f} s)", flush=True)
             limit = 0.75 if name == "a" else 1.5
             verdicts.append(f"{name}: {'OK' if peak <= limit else 'ABOVE TARGET'} ({peak:.2f} GiB, target {limit})")
