@@ -43,11 +43,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-
-from wdiv.io import sha256_file
 
 from .safetensors_file import SafetensorsFile, safetensors_source
 from .source import NOT_WEIGHTS, WEIGHT_SUFFIX, LineReader, WeightsError, WeightSource, natural_key
@@ -320,16 +317,6 @@ def select_layers(source: WeightSource, *, pool: bool = True, min_evals: int = 1
             continue
         specs.append(spec)
     return specs
-
-
-def iter_matrices(source: WeightSource, specs: list[LayerSpec]) -> Iterator[tuple[LayerSpec, np.ndarray]]:
-    """Stream (spec, (rf, N, M) float array) one layer at a time."""
-    for spec in specs:
-        yield spec, to_matrices(spec, source.tensor(spec.key))
-
-
-# sha256 of a file or a sharded checkpoint's shard set: the one definition in wdiv.io.
-file_sha256 = sha256_file
 
 
 def layer_hashes(source: WeightSource, specs: list[LayerSpec]) -> dict[str, str]:
