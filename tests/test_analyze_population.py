@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -365,3 +366,76 @@ def test_chunks_keep_targets_that_share_a_reference_together():
     chunks = split(targets, 3)
     assert [{t.base for t in chunk} for chunk in chunks] == [{Path("a")}, {Path("b")}]
     assert sorted(str(t.weights) for chunk in chunks for t in chunk) == sorted(str(t.weights) for t in targets)
+
+
+def _stand_in_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """sbatch that keeps the script submitit hands it (submitted.sh) and answers job 4242; srun never runs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "submitted.sh"
+
+
+def test_gpu_jobs_are_submitted_from_a_login_node_without_cuda(tmp_path, monkeypatch, capsys):
+    """--device cuda is the jobs' to check: the submitting node has no GPU; --gpus reaches sbatch."""
+    zoo = _zoo(tmp_path / "zoo", n=3)
+    script = _stand_in_slurm(tmp_path, monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a login node, whatever this machine is
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo", "--executor", "slurm", "--device", "cuda", "--gpus", "2", "--per-job", "1",
+                     "--no-wait"]) == 0
+    assert capsys.readouterr().out.startswith("wdiv.analyze: 3 checkpoint(s) in 3 job(s): 4242_0 4242_1 4242_2;")
+    lines = script.read_text().splitlines()
+    assert "#SBATCH --gpus-per-node=2" in lines and "#SBATCH --array=0-2%3" in lines  # per job of the array
+    assert _gpu_lines(lines) == ["#SBATCH --gpus-per-node=2"]
+    assert not list(zoo.rglob("spectra*"))
+    # without --gpus, no GPU line: SLURM's default
+    assert cli.main(["zoo", "--executor", "slurm", "--device", "cuda", "--no-wait"]) == 0
+    assert _gpu_lines(script.read_text().splitlines()) == []
+
+
+def _gpu_lines(script: list[str]) -> list[str]:
+    return [line for line in script if line.startswith(("#SBATCH --gpu", "#SBATCH --gres"))]
+
+
+@pytest.mark.parametrize("extra,line", [
+    (["--gpus", "2"], "--gpus: needs --executor slurm"),
+    (["--executor", "submitit-local", "--device", "cuda", "--gpus", "1"], "--gpus: needs --executor slurm"),
+    (["--executor", "slurm", "--device", "cuda", "--gpus", "0"], "--gpus: must be > 0, got 0"),
+    (["--executor", "slurm", "--gpus", "1"], "--gpus: the analysis would run on the CPU: add --device cuda"),
+])
+def test_a_bad_gpus_option_is_one_line_exit_2(tmp_path, monkeypatch, capsys, extra, line):
+    _zoo(tmp_path / "zoo", n=1)
+    _stand_in_slurm(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    try:
+        code = cli.main(["zoo", *extra])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {line}"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_job_whose_node_has_no_cuda_fails_each_checkpoint_with_one_line(tmp_path, monkeypatch, capsys):
+    """submitit-local jobs see the command's CUDA_VISIBLE_DEVICES (-1: no device, on any machine)."""
+    zoo = _zoo(tmp_path / "zoo", n=3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["zoo", "--executor", "submitit-local", "--device", "cuda", "--per-job", "2"]) == 1
+    err = capsys.readouterr().err
+    why = (f"not analysed: --device: cuda asked for, but CUDA is not available on the job's node "
+           f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES=-1)")
+    assert _errors(err) == [f"error: zoo/m{i}/model.safetensors: {why}" for i in range(3)]
+    (folder,) = (zoo / JOBS_FOLDER).iterdir()
+    assert err.splitlines()[-1] == ("wdiv.analyze: 0 analysed, 0 up to date, 3 failed "
+                                    f"(job logs: {folder.relative_to(tmp_path)})")
+    logs = [p.read_text() for p in folder.glob("*_log.*")]
+    assert len(logs) == 4 and not any("Traceback" in text for text in logs)
+    assert not list(zoo.rglob("spectra*"))
+

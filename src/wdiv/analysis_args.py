@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--partition", default=None, help="SLURM partition (--executor slurm)")
     x.add_argument("--cpus", type=int, default=None, help="CPUs per job (--executor slurm)")
     x.add_argument("--mem", dest="mem_gb", type=float, default=None, help="GB of memory per job (--executor slurm)")
+    x.add_argument("--gpus", type=int, default=None,
+                   help="GPUs per job (--executor slurm, with --device cuda; SLURM's --gpus-per-node)")
     x.add_argument("--max-parallel", type=int, default=None,
                    help="jobs of the array running at once (--executor slurm)")
     x.add_argument("--jobs-folder", default=None,
@@ -117,7 +119,7 @@ def check_executor_args(args) -> None:
     """The executor's options: each only with an executor that uses it; submitit (and sbatch for
     slurm) there before anything is submitted."""
     slurm = [f for f, v in (("--partition", args.partition), ("--cpus", args.cpus), ("--mem", args.mem_gb),
-                            ("--max-parallel", args.max_parallel)) if v is not None]
+                            ("--gpus", args.gpus), ("--max-parallel", args.max_parallel)) if v is not None]
     if slurm and args.executor != "slurm":
         raise ConfigError(f"{slurm[0]}: needs --executor slurm")
     jobs = [f for f, on in (("--per-job", args.per_job is not None), ("--time", args.time_min is not None),
@@ -127,9 +129,11 @@ def check_executor_args(args) -> None:
             raise ConfigError(f"{jobs[0]}: needs --executor slurm or submitit-local")
         return
     for flag, value in (("--per-job", args.per_job), ("--time", args.time_min), ("--cpus", args.cpus),
-                        ("--mem", args.mem_gb), ("--max-parallel", args.max_parallel)):
+                        ("--mem", args.mem_gb), ("--gpus", args.gpus), ("--max-parallel", args.max_parallel)):
         if value is not None and value <= 0:
             raise ConfigError(f"{flag}: must be > 0, got {value}")
+    if args.gpus is not None and args.device == "cpu":
+        raise ConfigError("--gpus: the analysis would run on the CPU: add --device cuda")
     if args.out is not None:
         raise ConfigError("--out: a single checkpoint is analysed here: drop --executor")
     if args.summary is not None and args.no_wait:
@@ -170,12 +174,25 @@ def check_args(args):
     except ConfigError as exc:
         key, _, why = str(exc).partition(": ")
         raise ConfigError(f"{FLAGS.get(key, key)}: {why}") from None
-    if opts.device != "cpu":
-        import torch  # only a CUDA analysis needs torch: a CPU one runs without it
-
-        index = int(opts.device.partition(":")[2] or 0)
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device: {opts.device} asked for, but CUDA is not available here")
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"--device: {opts.device} asked for, but there are {torch.cuda.device_count()} CUDA devices")
+    if args.executor == "local":  # a job checks its own node (a login node may have no GPU)
+        problem = device_problem(opts.device)
+        if problem is not None:
+            raise ConfigError(f"--device: {problem} here")
     return opts
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run an analysis in this process (None: it can). Checked where the
+    analysis runs: at the command for --executor local, in each job otherwise."""
+    if device == "cpu":
+        return None
+    try:
+        import torch  # only a CUDA analysis needs torch: a CPU one runs without it
+    except ImportError:
+        return f"{device} asked for, but torch is not installed"
+    index = int(device.partition(":")[2] or 0)
+    if not torch.cuda.is_available():
+        return f"{device} asked for, but CUDA is not available"
+    if index >= torch.cuda.device_count():
+        return f"{device} asked for, but there are {torch.cuda.device_count()} CUDA devices"
+    return None

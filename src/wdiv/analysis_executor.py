@@ -59,6 +59,7 @@ class JobSpec:
     partition: str | None = None
     cpus: int | None = None
     mem_gb: float | None = None
+    gpus: int | None = None  # per job (SLURM --gpus-per-node: a job is one task on one node)
     max_parallel: int | None = None
 
 
@@ -74,7 +75,7 @@ def jobs_folder(paths: list[str], given: str | None) -> Path:
 def spec_from_args(args) -> JobSpec:
     return JobSpec(args.executor, jobs_folder(args.paths, args.jobs_folder), per_job=args.per_job or PER_JOB,
                    time_min=args.time_min or TIME_MIN, partition=args.partition, cpus=args.cpus,
-                   mem_gb=args.mem_gb, max_parallel=args.max_parallel)
+                   mem_gb=args.mem_gb, gpus=args.gpus, max_parallel=args.max_parallel)
 
 
 def split(todo: list[Target], per_job: int) -> list[list[Target]]:
@@ -93,9 +94,15 @@ class ChunkJob:
     def __init__(self, analyse: Callable, opts, settings: dict):
         self.analyse, self.opts, self.settings = analyse, opts, dict(settings)
         self.cwd = os.getcwd()
+        self.env: dict[str, str | None] = {}  # set (None: unset) in the job before it analyses
 
     def __call__(self, chunk: list[Target]) -> ChunkReport:
         os.chdir(self.cwd)
+        for name, value in self.env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         return self.analyse(chunk, self.opts, self.settings)
 
     def checkpoint(self, chunk: list[Target]):
@@ -104,7 +111,7 @@ class ChunkJob:
         from submitit.helpers import DelayedSubmission
 
         again = ChunkJob(self.analyse, self.opts, {**self.settings, "force": False})
-        again.cwd = self.cwd
+        again.cwd, again.env = self.cwd, dict(self.env)
         return DelayedSubmission(again, chunk)
 
 
@@ -115,8 +122,10 @@ def submit(job: ChunkJob, chunks: list[list[Target]], spec: JobSpec) -> list:
     executor = submitit.AutoExecutor(folder=spec.folder, cluster="slurm" if spec.executor == "slurm" else "local")
     params = {"name": "wdiv-analyze", "timeout_min": spec.time_min}
     if spec.executor == "slurm":
-        params.update(cpus_per_task=spec.cpus, mem_gb=spec.mem_gb, slurm_partition=spec.partition,
-                      slurm_array_parallelism=spec.max_parallel)
+        params.update(cpus_per_task=spec.cpus, mem_gb=spec.mem_gb, gpus_per_node=spec.gpus,
+                      slurm_partition=spec.partition, slurm_array_parallelism=spec.max_parallel)
+    else:  # submitit-local gives its jobs CUDA_VISIBLE_DEVICES='' (no GPU): they see the command's GPUs
+        job.env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     try:
         return executor.map_array(job, chunks)

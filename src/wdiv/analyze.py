@@ -15,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import re
 import signal
+import socket
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -25,7 +27,7 @@ from typing import Iterator
 
 import numpy as np
 
-from wdiv.analysis_args import build_parser, check_args
+from wdiv.analysis_args import build_parser, check_args, device_problem
 from wdiv.analysis_executor import ChunkReport, run_jobs, spec_from_args
 from wdiv.analysis_outputs import Outcome, Target, esd_key, record_failure, stale_reason, write_outputs
 from wdiv.analysis_population import population_root, write_population
@@ -241,6 +243,14 @@ def analyse_chunk(chunk: list[Target], opts, settings: dict) -> ChunkReport:
     report = ChunkReport()
     todo = _todo(chunk, opts, settings["force"], settings["save_esd"])
     report.skipped = [str(t.weights) for t in chunk if t not in todo]
+    problem = device_problem(opts.device) if todo else None  # checked here: the command's node may have no GPU
+    if problem is not None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        given = f"CUDA_VISIBLE_DEVICES={visible}" if visible else "no CUDA_VISIBLE_DEVICES: --gpus N asks SLURM for GPUs"
+        why = f"not analysed: --device: {problem} on the job's node {socket.gethostname()} ({given})"
+        for t in todo:
+            report.failed[str(t.weights)] = _finish(t, opts, Outcome(errors=[f"{t.weights}: {why}"]), None)[1]
+        return report
     done, report.errors = analyse_and_write(todo, opts, settings["jobs"], False, settings["plot"],
                                             settings["save_esd"], settings["hash_weights"])
     for t, written, lines in done:
