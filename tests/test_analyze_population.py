@@ -439,3 +439,57 @@ def test_a_job_whose_node_has_no_cuda_fails_each_checkpoint_with_one_line(tmp_pa
     assert len(logs) == 4 and not any("Traceback" in text for text in logs)
     assert not list(zoo.rglob("spectra*"))
 
+
+def _reference_lines(folder: Path, ref: str) -> tuple[int, int]:
+    """(jobs that analysed the reference, jobs that read it) as the jobs' logs say."""
+    text = "".join(p.read_text() for p in folder.glob("*_log.err"))
+    return text.count(f"reference {ref}: analysed, kept in "), text.count(f"reference {ref}: read from ")
+
+
+def _same_outputs(a: Path, b: Path, names) -> None:
+    for name in names:
+        files = sorted(p.name for p in (a / name).iterdir() if p.name != "spectra_summary.json")
+        assert files == ["esd.npz", "esd_base.npz", "model.safetensors", "spectra.csv", "spectra_base.csv"]
+        for f in files:
+            assert (a / name / f).read_bytes() == (b / name / f).read_bytes(), f"{name}/{f}"
+
+
+def test_a_reference_shared_by_three_jobs_is_analysed_once(tmp_path, monkeypatch, capsys):
+    names = [f"r{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        _weights(tmp_path / "zoo" / name / "model.safetensors", i)
+    _weights(tmp_path / "ref" / "model.safetensors", 99)
+    shutil.copytree(tmp_path / "zoo", tmp_path / "here")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["here", "--base", "ref", "--save-esd", "-q"]) == 0
+    assert cli.main(["zoo", "--base", "ref", "--save-esd", "--executor", "submitit-local", "--per-job", "2"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1].startswith("wdiv.analyze: 6 analysed, 0 up to date, 0 failed")
+    (folder,) = (tmp_path / "zoo" / JOBS_FOLDER).iterdir()
+    assert len(list(folder.glob("*_result.pkl"))) == 3
+    assert _reference_lines(folder, "ref") == (1, 2)
+    assert len(list((folder / "references").glob("*.pkl"))) == 1
+    _same_outputs(tmp_path / "zoo", tmp_path / "here", names)
+
+
+def test_a_damaged_kept_reference_is_analysed_again(tmp_path, monkeypatch, capsys):
+    for i in range(2):
+        _weights(tmp_path / "zoo" / f"r{i}" / "model.safetensors", i)
+    _weights(tmp_path / "ref" / "model.safetensors", 99)
+    shutil.copytree(tmp_path / "zoo", tmp_path / "here")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["here", "--base", "ref", "--save-esd", "-q"]) == 0
+    cmd = ["zoo", "--base", "ref", "--save-esd", "--executor", "submitit-local", "--jobs-folder", "jobs", "-q"]
+    assert cli.main(cmd) == 0
+    (kept,) = (tmp_path / "jobs" / "references").glob("*.pkl")
+    data = bytearray(kept.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in the pickle
+    kept.write_bytes(bytes(data))
+    before = set((tmp_path / "jobs").glob("*_log.err"))
+    assert cli.main(cmd + ["--force"]) == 0
+    (log,) = set((tmp_path / "jobs").glob("*_log.err")) - before
+    text = log.read_text()
+    damaged = f"{kept.relative_to(tmp_path)}: damaged (its hash does not match): the reference ref is analysed again"
+    assert damaged in text
+    assert text.count("reference ref: analysed, kept in ") == 1
+    assert kept.read_bytes() != bytes(data)
+    _same_outputs(tmp_path / "zoo", tmp_path / "here", ["r0", "r1"])

@@ -80,8 +80,9 @@ def spec_from_args(args) -> JobSpec:
 
 def split(todo: list[Target], per_job: int) -> list[list[Target]]:
     """Chunks of ``per_job``, targets ordered by their reference first (stable), so that runs
-    sharing a --base reference fill as few chunks as they can: each chunk analyses its
-    references once (a reference shared by k chunks is analysed k times)."""
+    sharing a --base reference fill as few chunks as they can. A reference shared by k chunks is
+    analysed once, by the first of their jobs to reach it; the others wait for it and read it from
+    the jobs folder (wdiv.analysis_reference_cache)."""
     ordered = sorted(todo, key=lambda t: str(t.base) if t.base is not None else "")
     return [ordered[i:i + per_job] for i in range(0, len(ordered), per_job)]
 
@@ -103,6 +104,7 @@ class ChunkJob:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        _log_info()
         return self.analyse(chunk, self.opts, self.settings)
 
     def checkpoint(self, chunk: list[Target]):
@@ -113,6 +115,17 @@ class ChunkJob:
         again = ChunkJob(self.analyse, self.opts, {**self.settings, "force": False})
         again.cwd, again.env = self.cwd, dict(self.env)
         return DelayedSubmission(again, chunk)
+
+
+def _log_info() -> None:
+    """A job's stderr is its log: wdiv's INFO lines go there too (skipped, redone, a reference
+    analysed or read from the jobs folder); submitit configures its own logger only."""
+    wdiv = logging.getLogger("wdiv")
+    if not wdiv.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        wdiv.addHandler(handler)
+    wdiv.setLevel(logging.INFO)
 
 
 def submit(job: ChunkJob, chunks: list[list[Target]], spec: JobSpec) -> list:

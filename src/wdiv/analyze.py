@@ -31,12 +31,15 @@ from wdiv.analysis_args import build_parser, check_args, device_problem
 from wdiv.analysis_executor import ChunkReport, run_jobs, spec_from_args
 from wdiv.analysis_outputs import Outcome, Target, esd_key, record_failure, stale_reason, write_outputs
 from wdiv.analysis_population import population_root, write_population
+from wdiv.analysis_reference_cache import shared_reference
 from wdiv.analysis_targets import attach_bases, discover
 from wdiv.cpus import available_cpus
 from wdiv.errors import ConfigError
 from wdiv.spectral.weights import find_adapter, find_checkpoint, open_weights
 
 log = logging.getLogger("wdiv.analyze")
+
+REFERENCE_CACHE = "references"  # below the command's jobs folder: the references its jobs share
 
 # ------------------------------------------------------------------ analysis
 
@@ -212,15 +215,22 @@ def _todo(targets: list[Target], opts, force: bool, save_esd: bool) -> list[Targ
 
 
 def analyse_and_write(todo: list[Target], opts, jobs: int = 1, progress: bool = False, plot: bool = False,
-                      save_esd: bool = False, hash_weights: bool = False):
+                      save_esd: bool = False, hash_weights: bool = False, reference_cache: Path | None = None):
     """Analyse the targets (each reference once, first) and write each one's outputs as soon as it
     and its reference are done -> ([(target, written, its error lines)] in todo order, the
-    references' own error lines)."""
+    references' own error lines). With ``reference_cache`` (the jobs of one command) a reference
+    is analysed by the first job that needs it and read from there by the others."""
     bases = {t.base_sha: t.base for t in todo if t.base is not None}
-    work = {f"base:{sha}": path for sha, path in bases.items()}  # references first: targets written as they finish
+    results: dict[str, Outcome] = {}
+    if reference_cache is not None:
+        for sha, path in bases.items():
+            results[f"base:{sha}"] = shared_reference(
+                reference_cache, path, sha, opts, save_esd, hash_weights,
+                lambda path=path: analyse_checkpoint(path, opts, save_esd=save_esd, hash_weights=hash_weights))
+    work = {f"base:{sha}": path for sha, path in bases.items()  # references first: targets written as they finish
+            if f"base:{sha}" not in results}
     work.update({str(t.weights): t.weights for t in todo})
     plot_dirs = {str(t.weights): t.csv.parent / "esd" for t in todo} if plot else {}
-    results: dict[str, Outcome] = {}
     done: dict[int, tuple[bool, list[str]]] = {}  # target index -> (written, its error lines)
     pending = list(todo)
     merges = {str(t.weights): t.base for t in todo if t.base is not None and find_adapter(t.weights) is not None}
@@ -251,8 +261,10 @@ def analyse_chunk(chunk: list[Target], opts, settings: dict) -> ChunkReport:
         for t in todo:
             report.failed[str(t.weights)] = _finish(t, opts, Outcome(errors=[f"{t.weights}: {why}"]), None)[1]
         return report
+    cache = settings.get("reference_cache")
     done, report.errors = analyse_and_write(todo, opts, settings["jobs"], False, settings["plot"],
-                                            settings["save_esd"], settings["hash_weights"])
+                                            settings["save_esd"], settings["hash_weights"],
+                                            Path(cache) if cache else None)
     for t, written, lines in done:
         if written:
             report.analysed.append(str(t.weights))
@@ -267,7 +279,7 @@ def _submit(args, opts, targets: list[Target], todo: list[Target]) -> tuple[int,
     -> (exit code, {weights: first error line} of the checkpoints that failed)."""
     spec = spec_from_args(args)
     settings = {"force": args.force, "save_esd": args.save_esd, "jobs": args.jobs, "plot": args.plot,
-                "hash_weights": bool(args.base)}
+                "hash_weights": bool(args.base), "reference_cache": str(spec.folder / REFERENCE_CACHE)}
     try:
         jobs, report = run_jobs(analyse_chunk, todo, opts, settings, spec, block=not args.no_wait,
                                 progress=not args.quiet and sys.stderr.isatty())
