@@ -417,7 +417,6 @@ def test_injected_effects_are_recovered_per_cell_where_pooling_would_miss_them(s
 
 def test_seed_sample_statistics_equal_a_direct_recomputation(study):
     t = study
-    layers = t["layers"]
     for data, recipe, cat, level in _grid_rows():
         cell = _cell_of(t, data, recipe)
         for m in METRICS:

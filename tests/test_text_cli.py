@@ -123,7 +123,7 @@ def test_same_seed_repeats_bitwise_and_a_killed_run_resumes_to_identical_weights
     over = ["+exp=text_augment", "level=rd+ri+rs+sr-0.3-0.5", "trainer.epochs=3", "diversity.compute=false"]
     full = run_text(tmp_path / "full", *over)
     again = run_text(tmp_path / "again", *over)
-    other = run_text(tmp_path / "other", *over, "seed=1")
+    run_text(tmp_path / "other", *over, "seed=1")
     assert full["metrics"] == again["metrics"]
     assert_same_weights(weights(tmp_path / "full"), weights(tmp_path / "again"))
     assert not torch.equal(weights(tmp_path / "full")["head.weight"], weights(tmp_path / "other")["head.weight"])
